@@ -1,0 +1,3 @@
+from hypervisor.daemon import main
+
+main()

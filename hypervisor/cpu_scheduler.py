@@ -1,0 +1,383 @@
+"""The CPU ledger and scheduler (DESIGN.md §4): pure, no I/O, no clock, no signals.
+
+Hyper-V's `Set-VMProcessor` semantics: `Count` VPs (the partition can use at most Count CPUs),
+`Reserve` % of Count guaranteed under contention, `Maximum` % of Count as a hard ceiling,
+`RelativeWeight` splitting spare time. The hypervisor daemon is the thin shell: each tick it
+measures every partition's cumulative CPU seconds (whole process tree), calls `tick(now, usage)`,
+sends SIGSTOP / SIGCONT for `TickResult.stop` / `.cont` and sleeps until `.next_wakeup`.
+
+Key types: `ProcessorSettings` (validated settings), `CpuScheduler` (ledger + enforcement),
+`TickResult`, and `allocate()` (the pure entitlement rule, also useful on its own).
+
+Algorithm. Time is cut into periods on a fixed grid (default 100 ms). Each partition has an
+entitlement *rate* in CPUs, recomputed at every period start and whenever demand changes
+(add / remove / update / pause / an idle estimate proving too low). `allocate()` computes it:
+  1. reserves first, to partitions that want the CPU: min(reserve, want);
+  2. spare capacity water-filled by weight among partitions that want more, up to their want;
+  3. whatever is still unclaimed water-filled by weight up to each limit (work-conserving:
+     idle partitions' shares go to whoever can use them).
+  Each rate is at most min(Maximum, Count) CPUs and the rates sum to at most host CPUs, so a
+  period's entitlements (the integral of the rates) never exceed host_cpus × period.
+"Want" is estimated from measured use: a partition throttled in the last period, or one that
+used >= 90 % of its entitlement, wants all it may have; any other wants 1.25 × its highest use
+over the last 3 periods plus a headroom of 0.05 CPU per VP. If an idle-looking partition burns
+through that within a period it is marked wanting and rates are recomputed at once, for the
+rest of the period, so reserves and fair shares follow demand within one tick.
+Enforcement: a partition runs until its consumption in the period reaches its entitlement minus
+debt; it is then stopped until the period ends. Overrun (ticks are discrete, so consumption
+overshoots) becomes debt carried into later periods, so the long-run average meets the cap.
+Unused entitlement is not banked. A partition whose rate is its full Count cannot outrun its
+entitlement, so it is never stopped (an uncontended partition with Maximum 100) and its debt,
+which can only be measurement noise, is forgiven.
+Throttled time = wall time stopped by the scheduler × Count (VP-seconds denied), not counting
+time paused. A pause noticed while throttled ends the throttle at the next tick.
+
+Performance: `tick()` is O(n) in partitions; a rate recomputation is O(n log n) (a sort for the
+water-filling) and happens at most once per period plus once per demand change. The shell is
+woken only when a running, capped partition can first exhaust its budget (remaining / Count:
+it burns at most Count CPUs) or the period ends, never sooner than `min_tick` — no fixed-rate
+polling. An idle partition on a saturated host has a small budget, so it is checked every few
+milliseconds (headroom × period); that is the price of noticing its wake-up promptly.
+
+Limits. SIGSTOP can hold a partition back, never push it forward: inside a period the host
+kernel decides who runs first, so a partition with few VPs beside many-VP burners can end a
+period short of its reserve although it was entitled to it (in simulated worst mixes it still
+got >= ~80 %). The idle headroom costs busy partitions up to 0.05 CPU per idle VP on a saturated
+host, and on a host whose reserves add up to 100 % a partition without a reserve may get
+nothing. A tiny rate (weight 1 beside 10000s) still runs one tick when continued and then pays
+the overrun back as debt over many periods.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
+from typing import Mapping
+
+from hypervisor.errors import HvError
+
+WANT_FRACTION = 0.9     # used this much of its entitlement -> it wants more
+IDLE_MARGIN = 1.25      # an idle partition wants its recent use times this ...
+IDLE_HEADROOM = 0.05    # ... plus this many CPUs per VP, so a wake-up is not stopped at once
+DEMAND_WINDOW = 3       # periods of history behind the idle estimate
+_EPS = 1e-9             # CPU-seconds; float noise, not time
+
+
+def _check_int(name: str, value: object, lo: int, hi: int, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise HvError("BadRequest", f"{name} must be an integer {lo}-{hi}{note}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ProcessorSettings:
+    """A partition's `Set-VMProcessor` settings; percentages are of Count CPUs."""
+    count: int = 1
+    reserve: int = 0
+    maximum: int = 100
+    relative_weight: int = 100
+
+    def validate(self, host_cpus: int) -> None:
+        _check_int("Count", self.count, 1, host_cpus, " (the host's logical processors)")
+        _check_int("Reserve", self.reserve, 0, 100)
+        _check_int("Maximum", self.maximum, 0, 100)
+        _check_int("RelativeWeight", self.relative_weight, 1, 10000)
+        if self.reserve > self.maximum:  # Hyper-V: a reservation above the limit is refused
+            raise HvError("BadRequest", f"Reserve ({self.reserve} %) may not exceed "
+                                        f"Maximum ({self.maximum} %)")
+
+    @property
+    def reserved_cpus(self) -> float:
+        return self.reserve / 100 * self.count
+
+    @property
+    def cap_cpus(self) -> float:
+        return self.maximum / 100 * self.count
+
+
+@dataclass
+class TickResult:
+    stop: frozenset[str]    # SIGSTOP now (running -> stopped)
+    cont: frozenset[str]    # SIGCONT now (stopped -> running)
+    next_wakeup: float      # call tick() again at this time (the caller's clock)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Input to `allocate()`, all in CPUs: want <= limit, reserve <= limit."""
+    reserve: float
+    limit: float
+    want: float
+    weight: int
+
+
+def _water_fill(capacity: float, items: list[tuple[str, int, float]]) -> dict[str, float]:
+    """Split `capacity` by weight, each item (key, weight, room) getting at most its room."""
+    out: dict[str, float] = {}
+    items = sorted((i for i in items if i[2] > _EPS), key=lambda i: i[2] / i[1])
+    total_w = sum(w for _, w, _ in items)
+    left = max(0.0, capacity)
+    # Ascending room/weight: once one item is not saturated, none after it is either.
+    for key, w, room in items:
+        give = min(room, left * w / total_w)
+        out[key] = give
+        left = max(0.0, left - give)
+        total_w -= w
+    return out
+
+
+def allocate(capacity: float, demands: Mapping[str, Demand]) -> dict[str, float]:
+    """Entitlement rates (CPUs): reserves, then spare by weight up to want, then up to limit."""
+    rate = {k: min(d.reserve, d.want) for k, d in demands.items()}
+    total = sum(rate.values())
+    if total > capacity:  # only if admission was bypassed; shrink rather than overcommit
+        rate = {k: r * capacity / total for k, r in rate.items()}
+        return rate
+    for room_of in (lambda d: d.want, lambda d: d.limit):
+        spare = capacity - sum(rate.values())
+        extra = _water_fill(spare, [(k, d.weight, room_of(d) - rate[k])
+                                    for k, d in demands.items()])
+        for k, e in extra.items():
+            rate[k] += e
+    return rate
+
+
+class _Partition:
+    __slots__ = ("settings", "paused", "stopped", "throttled_since", "wanting", "rate", "acc",
+                 "consumed", "throttled", "was_throttled", "debt", "last_usage", "added_at",
+                 "history", "totals")
+
+    def __init__(self, settings: ProcessorSettings, now: float, usage: float, keep: int):
+        self.settings = settings
+        self.paused = False
+        self.stopped = False                        # as the shell left it (throttle or pause)
+        self.throttled_since: float | None = None   # set while stopped by the scheduler
+        self.wanting = True                         # no history yet: assume a booting guest
+        self.rate = 0.0                             # entitlement rate now, CPUs
+        self.acc = 0.0                              # entitlement this period up to the mark
+        self.consumed = 0.0                         # CPU-s this period
+        self.throttled = 0.0                        # VP-s this period
+        self.was_throttled = False
+        self.debt = 0.0
+        self.last_usage = usage
+        self.added_at = now
+        self.history: deque[tuple[float, float, float, float]] = deque(maxlen=keep)
+        self.totals = [0.0, 0.0, 0.0]               # entitled, consumed, throttled
+
+    @property
+    def count(self) -> int:
+        return self.settings.count
+
+    def unlimited(self) -> bool:
+        return self.rate >= self.count - _EPS
+
+    def want(self) -> float:
+        limit = self.settings.cap_cpus
+        if self.wanting:
+            return limit
+        recent = max((c / ln for ln, _, c, _ in islice(reversed(self.history), DEMAND_WINDOW)
+                      if ln > 0), default=0.0)
+        return min(limit, recent * IDLE_MARGIN + IDLE_HEADROOM * self.count)
+
+
+class CpuScheduler:
+    """Per-partition CPU entitlement, enforcement decisions and the ledger; see module doc."""
+
+    def __init__(self, host_cpus: int, period: float = 0.1, min_tick: float = 0.002,
+                 history_periods: int = 50):
+        if isinstance(host_cpus, bool) or not isinstance(host_cpus, int) or host_cpus < 1:
+            raise HvError("BadRequest", f"host_cpus must be a positive integer, got {host_cpus!r}")
+        if not (period > 0 and 0 < min_tick <= period and history_periods >= 1):
+            raise HvError("BadRequest", "need period > 0, 0 < min_tick <= period, history >= 1")
+        self.host_cpus = host_cpus
+        self.period = period
+        self.min_tick = min_tick
+        self.history_periods = history_periods
+        self._parts: dict[str, _Partition] = {}
+        self._start: float | None = None    # current period [start, end) ...
+        self._end = 0.0
+        self._origin, self._k = 0.0, 0      # ... = origin + [k, k+1) * period: no float drift
+        self._mark = 0.0                    # rates have been integrated into `acc` up to here
+        self._now = float("-inf")
+        self._dirty = False                 # demand changed: recompute rates at the next tick
+
+    # -- admission -------------------------------------------------------------------------
+    def _reserved(self, exclude: str | None = None) -> float:
+        return sum(p.settings.reserved_cpus for pid, p in self._parts.items() if pid != exclude)
+
+    def check_admission(self, settings: ProcessorSettings, exclude: str | None = None) -> None:
+        settings.validate(self.host_cpus)
+        free = self.host_cpus - self._reserved(exclude)
+        if settings.reserved_cpus > free + 1e-9:
+            raise HvError("InsufficientCpu",
+                          f"Reserve {settings.reserve} % of {settings.count} VPs needs "
+                          f"{settings.reserved_cpus:.2f} CPUs of reserve but only "
+                          f"{max(0.0, free):.2f} are available")
+
+    def reserve_available_percent(self) -> float:
+        return max(0.0, (self.host_cpus - self._reserved()) / self.host_cpus * 100)
+
+    # -- membership ------------------------------------------------------------------------
+    def _get(self, pid: str) -> _Partition:
+        try:
+            return self._parts[pid]
+        except KeyError:
+            raise HvError("NotFound", f"no partition {pid!r} in the CPU scheduler") from None
+
+    def add(self, pid: str, settings: ProcessorSettings, now: float, usage: float = 0.0) -> None:
+        if pid in self._parts:
+            raise HvError("AlreadyExists", f"partition {pid!r} is already scheduled")
+        self.check_admission(settings)
+        now = max(now, self._now)
+        self._now = now
+        if self._start is None:
+            self._begin_grid(now)
+        elif now >= self._end - _EPS:
+            self._close_period(now)  # others' unmeasured use lands in the next period
+        self._parts[pid] = _Partition(settings, now, usage, self.history_periods)
+        self._retarget(now)          # so it is entitled from the moment it starts running
+
+    def update(self, pid: str, settings: ProcessorSettings) -> None:
+        p = self._get(pid)
+        self.check_admission(settings, exclude=pid)
+        p.settings = settings
+        self._dirty = True
+
+    def remove(self, pid: str) -> None:
+        self._get(pid)
+        del self._parts[pid]
+        self._dirty = True
+
+    def set_paused(self, pid: str, paused: bool) -> None:
+        p = self._get(pid)
+        if p.paused != paused:
+            p.paused = paused
+            p.wanting = not paused   # a resumed guest is assumed busy until measured
+            self._dirty = True
+
+    # -- the tick --------------------------------------------------------------------------
+    def _remaining(self, p: _Partition) -> float:
+        """CPU-seconds p may still consume before this period ends."""
+        return p.acc + p.rate * (self._end - self._mark) - p.debt - p.consumed
+
+    def _retarget(self, now: float) -> None:
+        for p in self._parts.values():
+            p.acc += p.rate * (now - self._mark)
+        self._mark = now
+        demands = {pid: Demand(p.settings.reserved_cpus, p.settings.cap_cpus, p.want(),
+                               p.settings.relative_weight)
+                   for pid, p in self._parts.items() if not p.paused}
+        rates = allocate(float(self.host_cpus), demands)
+        for pid, p in self._parts.items():
+            p.rate = rates.get(pid, 0.0)
+        self._dirty = False
+
+    def _begin_grid(self, now: float) -> None:
+        self._origin, self._k = now, 0
+        self._start, self._end, self._mark = now, now + self.period, now
+
+    def _close_period(self, now: float) -> None:
+        # Stay on the grid unless whole periods were missed; then restart the grid at now.
+        late = now >= self._end + self.period
+        t = now if late else min(now, self._end)  # now may be a hair before end (float noise)
+        for p in self._parts.values():
+            entitled = p.acc + p.rate * (t - self._mark)
+            if p.throttled_since is not None:
+                p.throttled += (t - p.throttled_since) * p.count
+                p.throttled_since = t
+            p.history.append((t - self._start, entitled, p.consumed, p.throttled))
+            for i, v in enumerate((entitled, p.consumed, p.throttled)):
+                p.totals[i] += v
+            p.debt = max(0.0, p.debt + p.consumed - entitled)
+            # Entitled to nothing (just resumed, Maximum 0, starved) also counts as wanting.
+            p.wanting = not p.paused and (p.was_throttled or
+                                          p.consumed >= WANT_FRACTION * entitled - _EPS)
+            p.acc = p.consumed = p.throttled = 0.0
+            p.was_throttled = p.throttled_since is not None
+        if late:
+            self._begin_grid(t)
+        else:
+            self._k += 1
+            self._start, self._mark = t, t
+            self._end = self._origin + (self._k + 1) * self.period
+        self._retarget(t)
+        for p in self._parts.values():
+            if p.unlimited():
+                p.debt = 0.0
+
+    def tick(self, now: float, usage: dict[str, float]) -> TickResult:
+        now = max(now, self._now)
+        self._now = now
+        if self._start is None:
+            self._begin_grid(now)
+        for pid, total in usage.items():
+            p = self._parts.get(pid)
+            if p is not None:
+                # A smaller total means the tree lost a member: re-baseline, count nothing.
+                p.consumed += max(0.0, total - p.last_usage)
+                p.last_usage = total
+        if now >= self._end - _EPS:
+            self._close_period(now)
+        for p in self._parts.values():
+            if (not p.paused and not p.stopped and not p.wanting and not p.unlimited()
+                    and self._remaining(p) <= _EPS):
+                p.wanting = True     # the idle estimate was too low: share again now
+                self._dirty = True
+        if self._dirty:
+            self._retarget(now)
+
+        stop, cont, wake = set(), set(), self._end
+        for pid, p in self._parts.items():
+            remaining = self._remaining(p)
+            throttle = not p.paused and not p.unlimited() and remaining <= _EPS
+            halt = p.paused or throttle
+            if halt != p.stopped:
+                (stop if halt else cont).add(pid)
+            p.stopped = halt
+            # Throttle time runs from the tick that decides it to the tick that ends it,
+            # including a switch between paused and throttled while staying stopped.
+            if throttle and p.throttled_since is None:
+                p.throttled_since, p.was_throttled = now, True
+            elif not throttle and p.throttled_since is not None:
+                p.throttled += (now - p.throttled_since) * p.count
+                p.throttled_since = None
+            if not halt and not p.unlimited():
+                wake = min(wake, now + remaining / p.count)
+        return TickResult(frozenset(stop), frozenset(cont), max(wake, now + self.min_tick))
+
+    # -- queries ---------------------------------------------------------------------------
+    def is_stopped(self, pid: str) -> bool:
+        return self._get(pid).stopped
+
+    def budget(self, pid: str) -> float:
+        """CPU-seconds pid may still use in the current period, as of the last tick."""
+        p = self._get(pid)
+        return 0.0 if p.paused else max(0.0, self._remaining(p))
+
+    def all_stopped(self) -> frozenset[str]:
+        return frozenset(pid for pid, p in self._parts.items() if p.stopped)
+
+    def stats(self, pid: str) -> dict:
+        p = self._get(pid)
+        now = max(self._now, self._mark)
+        throttled = p.throttled
+        if p.throttled_since is not None:
+            throttled += (now - p.throttled_since) * p.count
+        # Last ~1 s from whole periods, newest first; the current partial one if none yet.
+        length = used = 0.0
+        for ln, _, c, _ in reversed(p.history):
+            if length >= 1.0 - _EPS:
+                break
+            length, used = length + ln, used + c
+        if length <= 0 and self._start is not None:
+            length, used = now - self._start, p.consumed
+        host = self.host_cpus
+        alive = now - p.added_at
+        return {
+            "entitled": p.totals[0] + p.acc + p.rate * (now - self._mark),
+            "consumed": p.totals[1] + p.consumed,
+            "throttled": p.totals[2] + throttled,
+            "cpu_percent_last_second": used / length / host * 100 if length > 0 else 0.0,
+            "avg_cpu_percent": (p.totals[1] + p.consumed) / alive / host * 100 if alive > 0
+            else 0.0,
+            "periods": [(e, c, t) for _, e, c, t in p.history],
+        }

@@ -1,0 +1,298 @@
+"""The hypervisor daemon: partition table, CPU scheduler, memory ledger, hypercall socket.
+
+It governs CPU time and memory and nothing else (DESIGN.md §4): no device I/O ever reaches it.
+One thread, one loop: a zmq poller over the hypercall socket, a signal wake-up pipe and a pidfd
+per partition process (deaths are noticed at once). The loop sleeps until the earlier of the
+next message, the next death, or the moment the scheduler says a CPU budget can run out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import time
+
+import psutil
+import setproctitle
+import zmq
+
+from hypervisor import process_tree
+from hypervisor.cpu_scheduler import CpuScheduler, ProcessorSettings
+from hypervisor.errors import HvError
+from hypervisor.guest_memory import GuestMemory, sweep_stale
+from hypervisor.hypercalls import HYPERCALLS, authorize
+from hypervisor.logging_setup import configure
+from hypervisor.memory_ledger import GRANULE, MemoryLedger, MemorySettings, check_running_change
+from hypervisor.partition_table import Partition, PartitionTable, close_fds
+from hypervisor.paths import Home
+from hypervisor.pidfile import PidFile
+from hypervisor.rpc_server import RpcServer, bind_router
+
+DEFAULT_ROOT_RESERVE = 512 * 1024 * 1024
+BALANCE_INTERVAL = 0.1
+
+
+def default_host_memory() -> int:
+    """Half the machine's RAM, in whole 2 MiB granules."""
+    return psutil.virtual_memory().total // 2 // GRANULE * GRANULE
+
+
+class Hypervisor:
+    def __init__(self, home: Home, host_memory: int, root_reserve: int, period: float, log):
+        self.home = home
+        self.log = log
+        self.pid = os.getpid()
+        self.host_cpus = os.cpu_count() or 1
+        self.partitions = PartitionTable()
+        self.cpu = CpuScheduler(self.host_cpus, period=period)
+        self.memory = MemoryLedger(host_memory, root_reserve)
+        self.running = True
+        self.root_credential = secrets.token_hex(32)
+        # CPU measurement: last reading of every process ever seen in a partition's tree, so
+        # time burnt by a child that has since exited still counts.
+        self._cpu_seen: dict[str, dict[int, float]] = {}
+        self._members: dict[str, list[int]] = {}
+        self._next_rescan = 0.0
+        self._next_balance = 0.0
+
+    # --- partitions ---------------------------------------------------------------------------
+    def create_partition(self, vm_id, name, worker_pid, processor: ProcessorSettings,
+                         memory: MemorySettings) -> dict:
+        if not psutil.pid_exists(worker_pid):
+            raise HvError("BadRequest", f"worker process {worker_pid} does not exist")
+        processor.validate(self.host_cpus)
+        memory.validate()
+        if vm_id in self.partitions.by_vm:
+            raise HvError("AlreadyExists", f"VM {vm_id} already has a partition")
+        self.cpu.check_admission(processor)
+        part = self.partitions.create(vm_id, name, worker_pid)
+        try:
+            assigned = self.memory.admit(part.id, name, memory, time.monotonic())
+            part.memory = GuestMemory(assigned, self.home.shm_prefix)
+            self.cpu.add(part.id, processor, time.monotonic())
+        except BaseException:
+            self.memory.release(part.id)
+            if part.memory is not None:
+                part.memory.close()
+            self.partitions.remove(part)
+            raise
+        fd = process_tree.pidfd(worker_pid)
+        if fd is None:
+            self.free_partition(part, "worker vanished")
+            raise HvError("BadRequest", f"worker process {worker_pid} exited")
+        self.partitions.watch(part, fd, "worker")
+        self.poller.register(fd, zmq.POLLIN)
+        self.log.info("partition_created", partition=part.id, vm_id=vm_id, vm_name=name,
+                      memory=assigned, processor=processor.__dict__)
+        return {"partition_id": part.id, "credential": part.credential,
+                "memory_path": part.memory.path, "memory_size": assigned}
+
+    def attach_guest(self, partition_id: str, guest_pid: int) -> dict:
+        part = self.partitions.get(partition_id)
+        if part.guest_pid is not None:
+            raise HvError("InvalidState", f"partition {part.id} already runs guest {part.guest_pid}")
+        if process_tree.ppid_of(guest_pid) != part.worker_pid:
+            raise HvError("Unauthorized", f"process {guest_pid} is not a child of partition "
+                                          f"{part.id}'s worker {part.worker_pid}")
+        fd = process_tree.pidfd(guest_pid)
+        if fd is None:
+            raise HvError("BadRequest", f"guest process {guest_pid} exited")
+        part.guest_pid = guest_pid
+        self.partitions.watch(part, fd, "guest")
+        self.poller.register(fd, zmq.POLLIN)
+        self._members[part.id] = [guest_pid]
+        self._cpu_seen[part.id] = {}
+        self.log.info("guest_attached", partition=part.id, vm_id=part.vm_id, guest_pid=guest_pid)
+        return {}
+
+    def free_partition(self, part: Partition, reason: str) -> None:
+        if part.id not in self.partitions.by_id:
+            return
+        for fd in self.partitions.remove(part):
+            try:
+                self.poller.unregister(fd)
+            except KeyError:
+                pass
+            close_fds([fd])
+        if self.cpu.is_stopped(part.id) or part.suspended:
+            process_tree.continue_pids(self._members.get(part.id, ()))
+        self.cpu.remove(part.id)
+        self.memory.release(part.id)
+        if part.memory is not None:
+            part.memory.close()
+        self._members.pop(part.id, None)
+        self._cpu_seen.pop(part.id, None)
+        self.log.info("partition_freed", partition=part.id, vm_id=part.vm_id, reason=reason)
+
+    def set_suspended(self, part: Partition, suspended: bool) -> dict:
+        if part.guest_pid is None:
+            raise HvError("InvalidState", f"partition {part.id} has no guest yet")
+        part.suspended = suspended
+        self.cpu.set_paused(part.id, suspended)
+        if suspended:
+            # stop synchronously (fresh /proc scan) so the reply means "really stopped"
+            self._members[part.id] = process_tree.stop_tree(part.guest_pid)
+        self._tick(time.monotonic(), rescan=False)
+        return {"suspended": suspended}
+
+    def set_processor(self, part: Partition, processor: ProcessorSettings) -> dict:
+        processor.validate(self.host_cpus)
+        self.cpu.update(part.id, processor)
+        return {}
+
+    def set_memory(self, part: Partition, memory: MemorySettings) -> dict:
+        memory.validate()
+        self.memory.update_settings(part.id, memory)
+        self._balance(time.monotonic())
+        return {"assigned": self.memory.assigned(part.id)}
+
+    def report_memory_demand(self, part: Partition, demand: int) -> dict:
+        self.memory.report_demand(part.id, demand)
+        self._balance(time.monotonic())
+        return {"assigned": self.memory.assigned(part.id)}
+
+    # --- figures --------------------------------------------------------------------------------
+    def host_info(self) -> dict:
+        return {"pid": self.pid, "logical_processors": self.host_cpus,
+                "memory_capacity": self.memory.capacity, "root_reserve": self.memory.root_reserve,
+                "memory_available": self.memory.available,
+                "cpu_reserve_available": self.cpu.reserve_available_percent(),
+                "partitions": len(self.partitions)}
+
+    def partition_stats(self, part: Partition) -> dict:
+        now = time.monotonic()
+        out = part.describe()
+        cpu = self.cpu.stats(part.id)
+        out["cpu"] = {k: v for k, v in cpu.items() if k != "periods"}
+        mem = self.memory.stats(part.id, now)
+        out["memory"] = {"assigned": self.memory.assigned(part.id),
+                         "demand": self.memory.demand(part.id), **mem}
+        out["memory_path"] = part.memory.path if part.memory is not None else None
+        return out
+
+    # --- the loop ---------------------------------------------------------------------------
+    def _on_pidfd(self, fd: int) -> None:
+        part = self.partitions.by_fd.get(fd)
+        if part is None:
+            return
+        role = part.fds.get(fd, "process")
+        self.free_partition(part, f"{role} exited")
+
+    def _measure(self, now: float, rescan: bool) -> dict[str, float]:
+        cmap = process_tree.children_map() if rescan else None
+        usage: dict[str, float] = {}
+        for part in self.partitions:
+            if part.guest_pid is None:
+                continue
+            if cmap is not None:
+                members = process_tree.tree(part.guest_pid, cmap)
+                new = set(members) - set(self._members.get(part.id, ()))
+                if new and (self.cpu.is_stopped(part.id) or part.suspended):
+                    process_tree.signal_pids(new, signal.SIGSTOP)  # no escape by forking
+                self._members[part.id] = members
+            seen = self._cpu_seen.setdefault(part.id, {})
+            for pid in self._members.get(part.id, ()):
+                t = process_tree.cpu_seconds(pid)
+                if t is not None:
+                    seen[pid] = t
+            usage[part.id] = sum(seen.values())
+        return usage
+
+    def _tick(self, now: float, rescan: bool) -> float:
+        usage = self._measure(now, rescan)
+        result = self.cpu.tick(now, usage)
+        for pid in result.stop:
+            process_tree.signal_pids(self._members.get(pid, ()), signal.SIGSTOP)
+        for pid in result.cont:
+            process_tree.continue_pids(self._members.get(pid, ()))
+        return result.next_wakeup
+
+    def _balance(self, now: float) -> None:
+        for pid, size in self.memory.balance(now).items():
+            part = self.partitions.by_id.get(pid)
+            if part is not None and part.memory is not None:
+                part.memory.resize(size)
+
+    def serve(self, router) -> None:
+        self.poller = zmq.Poller()
+        self.poller.register(router, zmq.POLLIN)
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # handler only wakes the loop via the pipe
+        self.poller.register(rfd, zmq.POLLIN)
+        server = RpcServer(router, {name: (lambda req, h=h.handler: h(self, req))
+                                    for name, h in HYPERCALLS.items()},
+                           self.log, authorize=lambda req: authorize(self, req))
+        next_wakeup = time.monotonic()
+        period = self.cpu.period
+        try:
+            while self.running:
+                timeout = max(0.0, next_wakeup - time.monotonic())
+                for sock, _ in self.poller.poll(int(timeout * 1000) + (1 if timeout else 0)):
+                    if sock is router:
+                        server.drain()
+                    elif sock == rfd:
+                        data = os.read(rfd, 64)
+                        if any(b in (signal.SIGTERM, signal.SIGINT) for b in data):
+                            self.running = False
+                    else:
+                        self._on_pidfd(sock)
+                now = time.monotonic()
+                if now >= next_wakeup:
+                    rescan = now >= self._next_rescan
+                    if rescan:
+                        self._next_rescan = now + period
+                    next_wakeup = self._tick(now, rescan)
+                    if not len(self.partitions):
+                        next_wakeup = now + 1.0
+                if now >= self._next_balance:
+                    self._next_balance = now + BALANCE_INTERVAL
+                    self._balance(now)
+                    next_wakeup = min(next_wakeup, self._next_balance)
+        finally:
+            for part in self.partitions:  # never leave anything stopped behind
+                process_tree.continue_pids(self._members.get(part.id, ()))
+                self.free_partition(part, "hypervisor exiting")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m hypervisor")
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--host-memory", type=int, default=0)
+    ap.add_argument("--root-reserve", type=int, default=DEFAULT_ROOT_RESERVE)
+    ap.add_argument("--period-ms", type=int, default=100)
+    args = ap.parse_args(argv)
+    home = Home.resolve(args.home)
+    setproctitle.setproctitle(f"hypervisor {home.root}")
+    home.ensure()
+    log = configure(home.logs_dir, "hypervisor")
+    pidfile = PidFile(home.pidfile("hypervisor"))
+    pidfile.acquire()
+    hv = Hypervisor(home, args.host_memory or default_host_memory(), args.root_reserve,
+                    args.period_ms / 1000, log)
+    swept = sweep_stale(home.shm_prefix)
+    old = os.umask(0o077)
+    ctx = zmq.Context()
+    try:
+        router = bind_router(ctx, home.hypercall_endpoint)
+        cred = home.root_credential_file
+        tmp = cred.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, hv.root_credential.encode())
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, cred)
+    finally:
+        os.umask(old)
+    log.info("hypervisor_started", host_cpus=hv.host_cpus, capacity=hv.memory.capacity,
+             root_reserve=hv.memory.root_reserve, swept_stale_memory=len(swept))
+    try:
+        hv.serve(router)
+    finally:
+        router.close(0)
+        ctx.term()
+        home.root_credential_file.unlink(missing_ok=True)
+        pidfile.release()
+        log.info("hypervisor_stopped")

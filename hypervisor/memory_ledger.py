@@ -1,0 +1,291 @@
+"""The memory ledger: the single authority over the host memory pool (DESIGN.md §4).
+
+Pure bookkeeping with Hyper-V's `Set-VMMemory` semantics. It does no I/O and never reads a
+clock; the hypervisor drives it with method calls (passing `now` where time matters) and then
+makes the answers real by resizing each partition's `GuestMemory`.
+
+Key types:
+- `MemorySettings` — Startup / Minimum / Maximum / Buffer / Priority of one VM, plus whether
+  dynamic memory is on. `validate()` rejects bad values; `check_running_change()` says which
+  fields may change while the VM runs (Maximum up, Minimum down, Buffer, Priority).
+- `MemoryLedger` — the pool (capacity minus the root partition's reserve) and what each
+  partition holds. `admit()` assigns Startup or refuses with `InsufficientMemory`;
+  `report_demand()` records a guest's committed bytes; `balance()` moves dynamic partitions
+  towards demand × (1 + Buffer %) and, when the pool is short, drops buffers first and then
+  splits what is left by Priority; `release()` frees everything a partition held.
+
+Every size is a multiple of `GRANULE` (2 MiB). Internally the balancer counts in granules so
+rounding can never break the invariant Σ assigned + root reserve ≤ capacity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypervisor.errors import HvError
+
+MIB = 1024 * 1024
+GRANULE = 2 * MIB
+
+
+def _is_int(value: object) -> bool:
+    # bool is a subclass of int; True must not pass for "1 byte".
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_size(field: str, value: object) -> None:
+    if not _is_int(value) or value <= 0 or value % GRANULE:
+        raise HvError("BadRequest", f"{field} must be a positive multiple of 2 MiB, got {value!r}")
+
+
+def _round_up(nbytes: int) -> int:
+    return -(-nbytes // GRANULE) * GRANULE
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """One VM's memory configuration, as `Set-VMMemory` knows it."""
+
+    dynamic: bool = False
+    startup: int = 512 * MIB
+    minimum: int = 512 * MIB
+    maximum: int = 1024 * 1024 * MIB  # 1 TiB, Hyper-V's default MaximumBytes
+    buffer: int = 20  # percent of demand kept spare, 5..2000
+    priority: int = 50  # weight under contention, 0..100
+
+    def validate(self) -> None:
+        """Raise HvError("BadRequest") naming the first field that breaks a rule."""
+        if not isinstance(self.dynamic, bool):
+            raise HvError("BadRequest", f"dynamic must be true or false, got {self.dynamic!r}")
+        for field in ("startup", "minimum", "maximum"):
+            _check_size(field, getattr(self, field))
+        if self.dynamic and not self.minimum <= self.startup <= self.maximum:
+            raise HvError(
+                "BadRequest",
+                f"dynamic memory needs minimum <= startup <= maximum, got minimum "
+                f"{self.minimum // MIB} MB, startup {self.startup // MIB} MB, "
+                f"maximum {self.maximum // MIB} MB",
+            )
+        if not _is_int(self.buffer) or not 5 <= self.buffer <= 2000:
+            raise HvError("BadRequest", f"buffer must be an integer from 5 to 2000, got {self.buffer!r}")
+        if not _is_int(self.priority) or not 0 <= self.priority <= 100:
+            raise HvError("BadRequest", f"priority must be an integer from 0 to 100, got {self.priority!r}")
+
+
+def check_running_change(old: MemorySettings, new: MemorySettings) -> None:
+    """Refuse, with HvError("InvalidState") naming the field, a change a running VM cannot take.
+
+    While running, Maximum may only go up and Minimum only down (so the current assignment stays
+    inside the range); Buffer and Priority are free; dynamic and Startup are fixed.
+    """
+    if new.dynamic != old.dynamic:
+        raise HvError("InvalidState", "dynamic memory cannot be turned on or off while the VM is running")
+    if new.startup != old.startup:
+        raise HvError("InvalidState", "startup cannot change while the VM is running")
+    if new.minimum > old.minimum:
+        raise HvError("InvalidState", "minimum can only be lowered while the VM is running")
+    if new.maximum < old.maximum:
+        raise HvError("InvalidState", "maximum can only be raised while the VM is running")
+
+
+def _water_fill(budget: int, claims: list[tuple[str, int, int]]) -> dict[str, int]:
+    """Split `budget` granules over claims (key, weight, cap) in proportion to weight, never
+    past a cap. Granules left by rounding go to the heaviest claim first, so a heavier claim
+    never ends with less than a lighter one with the same cap. Weight 0 only gets what no
+    weighted claim can take (then split evenly)."""
+    grant = {key: 0 for key, _, _ in claims}
+    open_claims = [c for c in claims if c[2] > 0]
+    while budget > 0 and open_claims:
+        total = sum(weight for _, weight, _ in open_claims)
+        handed = 0
+        for key, weight, cap in open_claims:
+            share = budget * weight // total if total else budget // len(open_claims)
+            share = min(share, cap - grant[key])
+            grant[key] += share
+            handed += share
+        budget -= handed
+        if handed == 0:  # less than one granule per claim left: hand out singles by weight
+            for key, _, _ in sorted(open_claims, key=lambda c: (-c[1], c[0])):
+                if budget == 0:
+                    break
+                grant[key] += 1
+                budget -= 1
+        open_claims = [c for c in open_claims if grant[c[0]] < c[2]]
+    return grant
+
+
+class _Partition:
+    """What the ledger knows about one admitted partition, plus its assignment history."""
+
+    __slots__ = ("vm_name", "settings", "assigned", "demand", "born", "since", "area", "low", "high")
+
+    def __init__(self, vm_name: str, settings: MemorySettings, now: float):
+        self.vm_name = vm_name
+        self.settings = settings
+        self.assigned = settings.startup
+        self.demand: int | None = None
+        self.born = self.since = now
+        self.area = 0.0  # ∫ assigned dt from born to since (byte-seconds)
+        self.low = self.high = settings.startup
+
+    def assign(self, nbytes: int, now: float) -> None:
+        now = max(now, self.since)  # a clock that steps back must not make area negative
+        self.area += self.assigned * (now - self.since)
+        self.since = now
+        self.assigned = nbytes
+        self.low = min(self.low, nbytes)
+        self.high = max(self.high, nbytes)
+
+
+class MemoryLedger:
+    """The host memory pool and every partition's share of it."""
+
+    def __init__(self, capacity: int, root_reserve: int):
+        _check_size("capacity", capacity)
+        if not _is_int(root_reserve) or root_reserve < 0 or root_reserve % GRANULE:
+            raise HvError("BadRequest", f"root_reserve must be a multiple of 2 MiB, got {root_reserve!r}")
+        if root_reserve >= capacity:
+            raise HvError("BadRequest", "root_reserve must be smaller than capacity")
+        self.capacity = capacity
+        self.root_reserve = root_reserve
+        self._parts: dict[str, _Partition] = {}
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def available(self) -> int:
+        return self.capacity - self.root_reserve - sum(p.assigned for p in self._parts.values())
+
+    def _get(self, pid: str) -> _Partition:
+        try:
+            return self._parts[pid]
+        except KeyError:
+            raise HvError("NotFound", f"no partition {pid!r} in the memory ledger") from None
+
+    def partitions(self) -> list[str]:
+        return list(self._parts)
+
+    def assigned(self, pid: str) -> int:
+        return self._get(pid).assigned
+
+    def demand(self, pid: str) -> int | None:
+        return self._get(pid).demand
+
+    def settings(self, pid: str) -> MemorySettings:
+        return self._get(pid).settings
+
+    def stats(self, pid: str, now: float) -> dict:
+        """Assigned bytes over the partition's life: time-weighted "avg", "min", "max"."""
+        p = self._get(pid)
+        now = max(now, p.since)
+        lifetime = now - p.born
+        area = p.area + p.assigned * (now - p.since)
+        avg = area / lifetime if lifetime > 0 else float(p.assigned)
+        return {"avg": avg, "min": p.low, "max": p.high, "assigned": p.assigned, "demand": p.demand}
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def admit(self, pid: str, vm_name: str, settings: MemorySettings, now: float) -> int:
+        """Assign Startup to a starting partition and return it; refuse if the pool is short."""
+        settings.validate()
+        if pid in self._parts:
+            raise HvError("AlreadyExists", f"partition {pid!r} is already in the memory ledger")
+        free = self.available
+        if settings.startup > free:
+            raise HvError(
+                "InsufficientMemory",
+                f"Not enough memory in the system to start the virtual machine '{vm_name}': "
+                f"it needs {settings.startup // MIB} MB and {free // MIB} MB is available.",
+            )
+        self._parts[pid] = _Partition(vm_name, settings, now)
+        return settings.startup
+
+    def release(self, pid: str) -> int:
+        """Free everything the partition held and return how much; unknown pid frees 0."""
+        p = self._parts.pop(pid, None)
+        return p.assigned if p else 0
+
+    def report_demand(self, pid: str, demand: int) -> None:
+        """Record the guest's committed bytes; `balance()` acts on it."""
+        if not _is_int(demand) or demand < 0:
+            raise HvError("BadRequest", f"demand must be a non-negative integer, got {demand!r}")
+        self._get(pid).demand = demand
+
+    def update_settings(self, pid: str, settings: MemorySettings) -> None:
+        """Apply a live `Set-VMMemory`; the next `balance()` moves the assignment."""
+        p = self._get(pid)
+        settings.validate()
+        check_running_change(p.settings, settings)
+        p.settings = settings
+
+    def target(self, pid: str) -> int:
+        """What the partition would hold with plenty of memory: demand × (1 + Buffer %),
+        rounded up to 2 MiB and clamped to [Minimum, Maximum]; Startup for static memory or
+        before the guest has reported demand."""
+        p = self._get(pid)
+        s = p.settings
+        if not s.dynamic or p.demand is None:
+            return s.startup
+        return _clamp(_round_up(-(-p.demand * (100 + s.buffer) // 100)), s.minimum, s.maximum)
+
+    def balance(self, now: float) -> dict[str, int]:
+        """Rebalance dynamic partitions and return {pid: new assigned} for those that changed.
+
+        With room for every target, each gets its target. Short of that, buffers go first:
+        each gets its demand (rounded up, clamped) and what is left of the buffers is split by
+        Priority. Short even of demand, each keeps its Minimum and the rest is split by
+        Priority up to demand. The result is ordered shrinks first, so a caller applying it in
+        order returns pages to the host before another partition takes them.
+        """
+        pool = (self.capacity - self.root_reserve) // GRANULE
+        plan: dict[str, int] = {}  # pid -> granules
+        flex: list[tuple[str, _Partition]] = []
+        for pid, p in self._parts.items():
+            if p.settings.dynamic and p.demand is not None:
+                flex.append((pid, p))
+            else:
+                plan[pid] = self.target(pid) // GRANULE  # static or silent: keeps Startup
+        free = pool - sum(plan.values())
+
+        want = {pid: self.target(pid) // GRANULE for pid, _ in flex}
+        need = {pid: _clamp(_round_up(p.demand), p.settings.minimum, p.settings.maximum) // GRANULE
+                for pid, p in flex}
+        floor = {pid: p.settings.minimum // GRANULE for pid, p in flex}
+        weight = {pid: p.settings.priority for pid, p in flex}
+        if sum(want.values()) <= free:
+            plan.update(want)
+        else:
+            base, top = (need, want) if sum(need.values()) <= free else (floor, need)
+            # Minimums always fit: assignments never go below them and only ever sum to <= pool.
+            extra = _water_fill(free - sum(base.values()),
+                                [(pid, weight[pid], top[pid] - base[pid]) for pid, _ in flex])
+            plan.update({pid: base[pid] + extra[pid] for pid, _ in flex})
+
+        shrinks, grows = {}, {}
+        for pid, granules in plan.items():
+            p = self._parts[pid]
+            new = granules * GRANULE
+            if new != p.assigned:
+                (shrinks if new < p.assigned else grows)[pid] = new
+        for pid, new in (*shrinks.items(), *grows.items()):
+            self._parts[pid].assign(new, now)
+        return {**shrinks, **grows}
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the ledger is inconsistent (explicit raises survive -O)."""
+        held = sum(p.assigned for p in self._parts.values())
+        if held + self.root_reserve + self.available != self.capacity:
+            raise AssertionError("assigned + root reserve + available != capacity")
+        if self.available < 0:
+            raise AssertionError(f"pool overcommitted by {-self.available} bytes")
+        for pid, p in self._parts.items():
+            s = p.settings
+            if p.assigned % GRANULE or p.assigned <= 0:
+                raise AssertionError(f"{pid}: assignment {p.assigned} is not a positive multiple of 2 MiB")
+            if not s.dynamic and p.assigned != s.startup:
+                raise AssertionError(f"{pid}: static partition holds {p.assigned}, not startup {s.startup}")
+            if s.dynamic and not s.minimum <= p.assigned <= s.maximum:
+                raise AssertionError(f"{pid}: assignment {p.assigned} outside [{s.minimum}, {s.maximum}]")

@@ -1,0 +1,63 @@
+"""A pid file held with `flock` for the life of its process (DESIGN.md §3, §8).
+
+Binding an ipc path a second time silently steals it, so a daemon takes its pid-file lock
+before it binds anything; the lock also tells a restarted vmms whether a worker is alive
+(a held lock = a live owner; pid reuse cannot fool it).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from hypervisor.errors import HvError
+
+
+class PidFile:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = read_pid(self.path)
+            os.close(fd)
+            raise HvError("AlreadyExists", f"{self.path} is held by running process {other}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                self.path.unlink(missing_ok=True)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(Path(path).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def holder_pid(path: Path) -> int | None:
+    """The pid of the live process holding the lock on `path`, or None if nobody holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_pid(path)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,89 @@
+"""The calling side of the wire protocol: a DEALER with LINGER 0 and bounded waits.
+
+A call that times out throws its socket away (a late reply must never be read as the answer
+to the next call). `call_many` pipelines several requests on one socket.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+import zmq
+
+from hypervisor import wire
+from hypervisor.errors import HvError
+
+_ids = itertools.count(1)
+
+
+class RpcClient:
+    def __init__(self, endpoint: str, *, timeout: float = 10.0, auth: Any = None,
+                 ctx: zmq.Context | None = None, name: str = "peer"):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.auth = auth
+        self.name = name
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock: zmq.Socket | None = None
+
+    def _socket(self) -> zmq.Socket:
+        if self.sock is None:
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+            s.setsockopt(zmq.RECONNECT_IVL, 10)
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+            s.connect(self.endpoint)
+            self.sock = s
+        return self.sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+
+    def _frames(self, req_id: str, op: str, args: dict, timeout: float) -> list[bytes]:
+        env: dict = {"id": req_id, "op": op, "args": args, "deadline_ms": max(1, int(timeout * 1000))}
+        if self.auth is not None:
+            env["auth"] = self.auth
+        return [wire.TAG, wire.pack(env)]
+
+    def call(self, op: str, args: dict | None = None, timeout: float | None = None) -> Any:
+        return self.call_many([(op, args or {})], timeout=timeout)[0]
+
+    def call_many(self, calls: list[tuple[str, dict]], timeout: float | None = None,
+                  return_errors: bool = False) -> list[Any]:
+        """Send every call at once, gather replies in order. With return_errors, an HvError is
+        returned in its slot instead of raised."""
+        timeout = self.timeout if timeout is None else timeout
+        sock = self._socket()
+        pending: dict[str, int] = {}
+        for index, (op, args) in enumerate(calls):
+            req_id = f"{os.getpid()}-{next(_ids)}"
+            pending[req_id] = index
+            sock.send_multipart(self._frames(req_id, op, args, timeout))
+        results: list[Any] = [None] * len(calls)
+        deadline = time.monotonic() + timeout
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                if time.monotonic() < deadline:
+                    continue
+                self.close()  # a late reply must not be taken for the next call's answer
+                op = calls[next(iter(pending.values()))][0]
+                raise HvError("Timeout", f"{self.name} did not answer {op} within {timeout:g} s")
+            env = wire.parse_reply(sock.recv_multipart())
+            index = pending.pop(env.get("id"), None)
+            if index is None:
+                continue  # a stale reply or an unsolicited notification
+            if env["ok"]:
+                results[index] = env.get("result")
+            else:
+                err = HvError.from_wire(env.get("error"))
+                if not return_errors:
+                    self.close() if pending else None
+                    raise err
+                results[index] = err
+        return results

@@ -1,0 +1,1 @@
+"""the parent partition: vmms, client library, hvctl, driver hosts and drivers"""

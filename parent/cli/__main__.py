@@ -1,0 +1,3 @@
+from parent.cli.main import main
+
+main()

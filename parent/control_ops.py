@@ -1,0 +1,294 @@
+"""The one table of control ops vmms answers: name → handler, documented where it is defined.
+
+Op names are the `hvctl` command names (CLI.md), so the table is also the list of what a client
+may ask. Each handler validates its arguments (BadRequest naming the field), takes the VM's
+lock when it changes the VM (a concurrent change answers Busy), and either answers at once or
+defers its reply until the worker reports.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from hypervisor.arg_checks import get_bool, get_float, get_int, get_str
+from hypervisor.errors import HvError
+from hypervisor.rpc_server import DEFERRED, Request
+from parent.vm_names import check_name
+from hypervisor.sizes import parse_size
+from worker.guest.programs import parse_spec
+from worker.vm_state import VmState, begin
+from worker.worker_defs import STOP_TIMEOUT_DEFAULT
+
+if TYPE_CHECKING:
+    from parent.vmms import Vmms, VmRecord
+
+MIB = 1 << 20
+START_ACTIONS = ("Nothing", "StartIfRunning", "Start")
+STOP_ACTIONS = ("TurnOff", "Save", "ShutDown")
+
+
+@dataclass(frozen=True)
+class ControlOp:
+    handler: Callable[["Vmms", Request], object]
+    doc: str
+
+
+CONTROL_OPS: dict[str, ControlOp] = {}
+
+
+def control_op(name: str):
+    def register(fn):
+        CONTROL_OPS[name] = ControlOp(fn, (fn.__doc__ or "").strip())
+        return fn
+    return register
+
+
+def size_arg(args: dict, key: str, default=None) -> int | None:
+    value = args.get(key, default)
+    if value is None:
+        return None
+    n = parse_size(value)
+    if n <= 0 or n % (2 * MIB):
+        raise HvError("BadRequest", f"argument '{key}' must be a positive multiple of 2 MiB, got {n}")
+    return n
+
+
+def vm_arg(vmms: "Vmms", req: Request) -> "VmRecord":
+    return vmms.find(get_str(req.args, "vm", max_len=200))
+
+
+# --- host ----------------------------------------------------------------------------------------
+
+@control_op("ping")
+def ping(vmms, req):
+    """Liveness: answers vmms's pid."""
+    import os
+    return {"pid": os.getpid()}
+
+
+@control_op("get-vmhost")
+def get_vmhost(vmms, req):
+    """Host figures: processors, memory pool, reserves, daemon pids."""
+    import os
+    from hypervisor.pidfile import holder_pid
+    try:
+        info = vmms.hv_call("get-host-info")
+    except HvError:
+        info = {}
+    return {"LogicalProcessorCount": info.get("logical_processors", os.cpu_count()),
+            "MemoryCapacity": info.get("memory_capacity"),
+            "RootMemoryReserve": info.get("root_reserve"),
+            "MemoryAvailable": info.get("memory_available"),
+            "CpuReserveAvailable": info.get("cpu_reserve_available"),
+            "HypervisorProcessId": holder_pid(vmms.home.pidfile("hypervisor")),
+            "VmmsProcessId": os.getpid(), "Home": str(vmms.home.root)}
+
+
+@control_op("host-shutdown")
+def host_shutdown(vmms, req):
+    """Turn off every running VM, then stop vmms (the hypervisor is stopped by the caller)."""
+    vmms.host_stopping = True
+    running = [r for r in vmms.vms.values() if r.worker is not None]
+    for rec in running:
+        try:
+            import os
+            import signal
+            os.kill(rec.worker.pid, signal.SIGTERM)  # the worker turns its VM off and exits
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10.0
+    waiting = {"n": len(running)}
+
+    def finish():
+        vmms.running = False
+        vmms.server.reply(req, {"stopped": len(running)})
+    if not running:
+        finish()
+        return DEFERRED
+    def one(_err):
+        waiting["n"] -= 1
+        if waiting["n"] == 0:
+            finish()
+    for rec in running:
+        rec.exit_waiters.append((one, deadline))
+    return DEFERRED
+
+
+# --- VMs -----------------------------------------------------------------------------------------
+
+@control_op("new-vm")
+def new_vm(vmms, req):
+    """Create a VM (Off). Args: name, memory_startup_bytes (512MB), processor_count (1), guest (idle)."""
+    import os
+    name = check_name(req.args.get("name"))
+    if any(r.name.lower() == name.lower() for r in vmms.vms.values()):
+        raise HvError("AlreadyExists", f"a VM named '{name}' already exists")
+    startup = size_arg(req.args, "memory_startup_bytes", 512 * MIB)
+    count = get_int(req.args, "processor_count", 1, lo=1, hi=os.cpu_count() or 1)
+    guest = str(parse_spec(get_str(req.args, "guest", "idle")))
+    vm_id = str(uuid.uuid4())
+    config = {"id": vm_id, "name": name, "created": time.time(), "guest": guest,
+              "processor": {"count": count, "reserve": 0, "maximum": 100, "relative_weight": 100},
+              "memory": {"dynamic": False, "startup": startup, "minimum": startup,
+                         "maximum": startup, "buffer": 20, "priority": 50},
+              "automatic_start_action": "StartIfRunning", "automatic_stop_action": "Save",
+              "was_running": False, "last_exit_reason": None}
+    from parent.vmms import VmRecord
+    rec = VmRecord(config=config)
+    vmms.save_config(rec)
+    vmms.vms[vm_id] = rec
+    vmms.publish(rec, "created")
+    vmms.log.info("vm_created", vm_id=vm_id, vm_name=name)
+    return vmms.vm_view(rec, {})
+
+
+@control_op("get-vm")
+def get_vm(vmms, req):
+    """VMs as Get-VM objects. Args: vms (list of names or Ids; all when absent)."""
+    names = req.args.get("vms") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise HvError("BadRequest", "argument 'vms' must be a list of names or Ids")
+    recs = [vmms.find(n) for n in names] if names else \
+        sorted(vmms.vms.values(), key=lambda r: r.name.lower())
+    stats = vmms.partition_stats()
+    return [vmms.vm_view(r, stats) for r in recs]
+
+
+@control_op("start-vm")
+def start_vm(vmms, req):
+    """Off or Saved → Running; answers once the guest's first heartbeat arrived."""
+    rec = vm_arg(vmms, req)
+    begin(rec.state, "start", rec.name)
+    vmms.lock(rec, "start-vm")
+    try:
+        vmms.set_state(rec, VmState.Starting)
+        rec.config["was_running"] = True
+        rec.config["last_exit_reason"] = None
+        vmms.save_config(rec)
+        vmms.launch(rec)
+    except BaseException:
+        rec.busy = None
+        vmms.set_state(rec, VmState.Off)
+        raise
+    rec.start_waiters.append((vmms.answer(req, rec),
+                              time.monotonic() + get_float(req.args, "timeout", 30.0, lo=0.1, hi=600)))
+    return DEFERRED
+
+
+@control_op("stop-vm")
+def stop_vm(vmms, req):
+    """Shut the guest down (default), or turn_off (pull the power); force turns off a guest that
+    does not shut down within timeout seconds."""
+    rec = vm_arg(vmms, req)
+    turn_off = get_bool(req.args, "turn_off", False)
+    force = get_bool(req.args, "force", False)
+    timeout = get_float(req.args, "timeout", STOP_TIMEOUT_DEFAULT, lo=0.1, hi=3600)
+    if rec.worker is None:
+        if rec.state == VmState.Off:
+            return vmms.vm_view(rec, {})  # already off: Stop-VM succeeds quietly
+        raise HvError("InvalidState", f"VM '{rec.name}' is {rec.state.value}")
+    if turn_off:
+        begin(rec.state, "turn-off", rec.name)
+        rec.busy = "stop-vm"  # turning off overrides whatever was in progress
+    else:
+        begin(rec.state, "stop", rec.name)
+        vmms.lock(rec, "stop-vm")
+    deadline = time.monotonic() + timeout + 10.0
+
+    def on_ok(_res):
+        rec.exit_waiters.append((vmms.answer(req, rec), deadline))  # answered once the worker exited
+        rec.busy = "stop-vm"
+    args = {"mode": "turn-off" if turn_off else "shutdown", "force": force, "timeout": timeout}
+    return vmms.worker_call(rec, req, "stop", args, timeout=timeout + 5.0, on_ok=on_ok)
+
+
+@control_op("suspend-vm")
+def suspend_vm(vmms, req):
+    """Running → Paused: the partition's processes get no CPU."""
+    rec = vm_arg(vmms, req)
+    begin(rec.state, "suspend", rec.name)
+    vmms.lock(rec, "suspend-vm")
+    return vmms.worker_call(rec, req, "suspend", {})
+
+
+@control_op("resume-vm")
+def resume_vm(vmms, req):
+    """Paused → Running."""
+    rec = vm_arg(vmms, req)
+    begin(rec.state, "resume", rec.name)
+    vmms.lock(rec, "resume-vm")
+    return vmms.worker_call(rec, req, "resume", {})
+
+
+@control_op("restart-vm")
+def restart_vm(vmms, req):
+    """Hard reset: a fresh guest in a fresh partition; answers when it is Running again."""
+    rec = vm_arg(vmms, req)
+    begin(rec.state, "reset", rec.name)
+    vmms.lock(rec, "restart-vm")
+    return vmms.worker_call(rec, req, "reset", {}, timeout=30.0)
+
+
+@control_op("remove-vm")
+def remove_vm(vmms, req):
+    """Delete a VM's configuration (disk files are kept); a running VM needs force."""
+    rec = vm_arg(vmms, req)
+    force = get_bool(req.args, "force", False)
+    if rec.busy is not None and not force:
+        raise HvError("Busy", f"VM '{rec.name}' is busy with {rec.busy}")
+
+    def forget(*_):
+        vmms.store.remove(rec.id)
+        vmms.vms.pop(rec.id, None)
+        vmms.publish(rec, "removed")
+        vmms.log.info("vm_removed", vm_id=rec.id, vm_name=rec.name)
+    if rec.worker is None:
+        forget()
+        return {"removed": rec.id}
+    if not force:
+        raise HvError("InvalidState", f"VM '{rec.name}' is {rec.state.value}; use --force to turn it off and remove it")
+    rec.busy = "remove-vm"
+
+    def gone(err):
+        if err is not None:
+            vmms.server.reply_error(req, err)
+            return
+        forget()
+        vmms.server.reply(req, {"removed": rec.id})
+    rec.exit_waiters.append((gone, time.monotonic() + 15.0))
+    rec.worker.send("stop", {"mode": "turn-off"}, lambda ok, res: None, 10.0)
+    return DEFERRED
+
+
+@control_op("set-vm")
+def set_vm(vmms, req):
+    """Configuration: guest SPEC, automatic_start_action, automatic_stop_action."""
+    rec = vm_arg(vmms, req)
+    changes = {}
+    if req.args.get("guest") is not None:
+        changes["guest"] = str(parse_spec(get_str(req.args, "guest")))
+    for key, allowed in (("automatic_start_action", START_ACTIONS), ("automatic_stop_action", STOP_ACTIONS)):
+        if req.args.get(key) is not None:
+            value = get_str(req.args, key)
+            if value not in allowed:
+                raise HvError("BadRequest", f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+            changes[key] = value
+    if not changes:
+        raise HvError("BadRequest", "set-vm needs at least one setting to change")
+    rec.config.update(changes)
+    vmms.save_config(rec)
+    if "guest" in changes and rec.worker is not None:
+        rec.worker.send("set-guest", {"guest": changes["guest"]}, lambda ok, res: None, 5.0)
+    return vmms.vm_view(rec, {})
+
+
+@control_op("get-vmworkerprocess")
+def get_vmworkerprocess(vmms, req):
+    """The VM's vmwp and vmmem pids."""
+    rec = vm_arg(vmms, req)
+    if rec.worker is None:
+        raise HvError("InvalidState", f"VM '{rec.name}' is not running")
+    return {"VMName": rec.name, "VMId": rec.id, "ProcessId": rec.worker.pid,
+            "GuestProcessId": rec.worker.status.get("guest_pid")}

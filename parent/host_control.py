@@ -1,0 +1,150 @@
+"""`hvctl host up` / `host down`: start and stop a host's daemons, idempotently, with bounded
+waits. Daemons run detached (their own session) with stdout/stderr in `<home>/logs/*.out`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from hypervisor.errors import HvError
+from hypervisor.process_tree import is_zombie_or_gone
+from hypervisor.paths import Home
+from hypervisor.pidfile import holder_pid
+
+START_WAIT = 20.0
+STOP_WAIT = 20.0
+
+
+def _spawn(home: Home, module: str, name: str, extra: list[str]) -> subprocess.Popen:
+    out = open(home.logs_dir / f"{name}.out", "ab")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return subprocess.Popen([sys.executable, "-m", module, "--home", str(home.root), *extra],
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env, close_fds=True)
+
+
+def _wait_ready(home: Home, proc: subprocess.Popen, name: str, ping) -> None:
+    deadline = time.monotonic() + START_WAIT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (home.logs_dir / f"{name}.out").read_text(errors="replace")[-1500:]
+            raise HvError("Internal", f"{name} exited with status {proc.returncode} while starting:\n{tail}")
+        if holder_pid(home.pidfile(name)):
+            try:
+                ping()
+                return
+            except HvError:
+                pass
+        time.sleep(0.02)
+    raise HvError("Timeout", f"{name} did not answer within {START_WAIT:g} s; see {home.logs_dir}")
+
+
+def hv_client(home: Home, timeout: float = 2.0):
+    from hypervisor.rpc_client import RpcClient
+    cred = home.root_credential_file.read_text().strip()
+    return RpcClient(home.hypercall_endpoint, auth=cred, timeout=timeout, name="the hypervisor")
+
+
+def _ping_hypervisor(home: Home) -> None:
+    try:
+        c = hv_client(home, timeout=0.5)
+    except OSError:
+        raise HvError("Unavailable", "no credential yet") from None
+    try:
+        c.call("ping")
+    finally:
+        c.close()
+
+
+def _ping_vmms(home: Home) -> None:
+    from parent.client import Client
+    c = Client(home, timeout=0.5)
+    try:
+        c.call("ping")
+    finally:
+        c.close()
+
+
+def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None = None) -> dict:
+    home.ensure()
+    started = []
+    booted = False
+    if not holder_pid(home.pidfile("hypervisor")):
+        extra = []
+        if host_memory:
+            extra += ["--host-memory", str(host_memory)]
+        if root_reserve is not None:
+            extra += ["--root-reserve", str(root_reserve)]
+        proc = _spawn(home, "hypervisor", "hypervisor", extra)
+        _wait_ready(home, proc, "hypervisor", lambda: _ping_hypervisor(home))
+        started.append("hypervisor")
+        booted = True
+    if not holder_pid(home.pidfile("vmms")):
+        proc = _spawn(home, "parent.vmms", "vmms", ["--boot"] if booted else [])
+        _wait_ready(home, proc, "vmms", lambda: _ping_vmms(home))
+        started.append("vmms")
+    return {"started": started, "HypervisorProcessId": holder_pid(home.pidfile("hypervisor")),
+            "VmmsProcessId": holder_pid(home.pidfile("vmms")), "Home": str(home.root)}
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_zombie_or_gone(pid):  # init may take a while to reap an orphan
+            return True
+        try:  # our own child (tests start daemons through us): reap it
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def _stop(pid: int, timeout: float) -> None:
+    if not _wait_gone(pid, timeout):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            if _wait_gone(pid, 3.0):
+                return
+
+
+def host_down(home: Home) -> dict:
+    stopped = []
+    vmms = holder_pid(home.pidfile("vmms"))
+    if vmms:
+        from parent.client import Client
+        c = Client(home, timeout=STOP_WAIT)
+        try:
+            c.call("host-shutdown")
+        except HvError:
+            pass  # it may die before answering; the wait below is what counts
+        finally:
+            c.close()
+        _stop(vmms, STOP_WAIT)
+        stopped.append("vmms")
+    from parent.worker_supervisor import find_live_workers
+    for pid in find_live_workers(home)[0].values():  # workers that outlived a dead vmms
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_gone(pid, 3.0)
+    hv = holder_pid(home.pidfile("hypervisor"))
+    if hv:
+        try:
+            c = hv_client(home)
+            c.call("shutdown")
+            c.close()
+        except (HvError, OSError):
+            pass
+        _stop(hv, STOP_WAIT)
+        stopped.append("hypervisor")
+    return {"stopped": stopped}

@@ -1,0 +1,419 @@
+"""vmms: the Virtual Machine Management Service of the parent partition (`vmms <home>`).
+
+It keeps VM configurations (durable), answers the control socket, publishes events, and
+launches and supervises one `vmwp` per running VM. It never runs a guest and never touches a
+ledger: partitions are the hypervisor's, created by each VM's worker.
+
+One thread, one loop over: the control ROUTER, each worker's DEALER and pidfd, a signal pipe.
+Long operations (start, stop, reset) never block the loop: their replies are deferred until
+the worker reports, each with a deadline. Killing vmms stops no VM; a restarted vmms finds its
+workers again through their pid files (one asynchronous attach per VM).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import setproctitle
+
+from hypervisor.errors import HvError
+from hypervisor.paths import Home
+from hypervisor.pidfile import PidFile, read_pid, holder_pid
+from hypervisor.rpc_server import DEFERRED, Request
+from parent.config_store import ConfigStore
+from worker.vm_state import VmState
+
+START_TIMEOUT = 30.0
+WORKER_OP_TIMEOUT = 10.0
+
+
+@dataclass
+class VmRecord:
+    config: dict
+    state: VmState = VmState.Off
+    worker: object | None = None          # WorkerHandle while a worker exists
+    busy: str | None = None               # the operation holding this VM's lock
+    # (callback, deadline): callback(err) with err None on success
+    start_waiters: list = field(default_factory=list)   # called at Running (or failure)
+    exit_waiters: list = field(default_factory=list)    # called when the worker has exited
+
+    @property
+    def id(self) -> str:
+        return self.config["id"]
+
+    @property
+    def name(self) -> str:
+        return self.config["name"]
+
+
+class Vmms:
+    def __init__(self, home: Home, log):
+        self.home = home
+        self.log = log
+        self.store = ConfigStore(home)
+        self.vms: dict[str, VmRecord] = {}
+        self.by_fd: dict[int, VmRecord] = {}
+        self.running = True
+        self._hv = None
+
+    # --- lookups ------------------------------------------------------------------------------
+    def find(self, arg) -> VmRecord:
+        if not isinstance(arg, str) or not arg:
+            raise HvError("BadRequest", "argument 'vm' must be a VM name or Id")
+        rec = self.vms.get(arg.lower())
+        if rec is not None:
+            return rec
+        for rec in self.vms.values():
+            if rec.name == arg:
+                return rec
+        lowered = [r for r in self.vms.values() if r.name.lower() == arg.lower()]
+        if len(lowered) == 1:
+            return lowered[0]
+        raise HvError("NotFound", f"no VM named or with Id '{arg}'")
+
+    def lock(self, rec: VmRecord, op: str) -> None:
+        if rec.busy is not None:
+            raise HvError("Busy", f"VM '{rec.name}' is busy with {rec.busy}; try again")
+        rec.busy = op
+
+    # --- the hypervisor ---------------------------------------------------------------------
+    def hv_call(self, op: str, args: dict | None = None, timeout: float = 2.0):
+        from hypervisor.rpc_client import RpcClient
+        if self._hv is None:
+            try:
+                cred = self.home.root_credential_file.read_text().strip()
+            except OSError:
+                raise HvError("Unavailable", "the hypervisor is not running") from None
+            self._hv = RpcClient(self.home.hypercall_endpoint, auth=cred, ctx=self.ctx,
+                                 timeout=timeout, name="the hypervisor")
+        if not holder_pid(self.home.pidfile("hypervisor")):
+            self._hv.close()
+            self._hv = None
+            raise HvError("Unavailable", "the hypervisor is not running")
+        try:
+            return self._hv.call(op, args or {}, timeout=timeout)
+        except HvError as err:
+            if err.code in ("Timeout", "Unauthorized"):
+                self._hv.close()
+                self._hv = None  # a restarted hypervisor has a new credential
+            raise
+
+    def partition_stats(self) -> dict[str, dict]:
+        if not any(r.worker for r in self.vms.values()):
+            return {}
+        try:
+            return {p["vm_id"]: p for p in self.hv_call("list-partitions", timeout=1.0)}
+        except HvError:
+            return {}
+
+    # --- events and state ---------------------------------------------------------------------
+    def publish(self, rec: VmRecord, event: str, **payload) -> None:
+        body = {"VMId": rec.id, "VMName": rec.name, "Event": event, "State": rec.state.value,
+                "Time": time.time(), **payload}
+        from hypervisor import wire
+        try:
+            self.pub.send_multipart([f"vm.{rec.id}.{event}".encode(), wire.pack(body)])
+        except Exception as exc:  # a slow subscriber must never stop the loop
+            self.log.info("event_dropped", error=str(exc))
+
+    def confirm_subscriptions(self) -> None:
+        from hypervisor import wire
+        while True:
+            try:
+                frame = self.pub.recv(self.zmq.NOBLOCK)
+            except self.zmq.Again:
+                return
+            if frame[:1] == b"\x01":  # a new subscription to prefix frame[1:]
+                topic = frame[1:] + b"subscribed"
+                self.pub.send_multipart([topic, wire.pack({"Event": "subscribed", "Time": time.time()})])
+
+    def set_state(self, rec: VmRecord, state: VmState, **payload) -> None:
+        if rec.state != state:
+            self.log.info("vm_state", vm_id=rec.id, vm_name=rec.name, old=rec.state.value, new=state.value)
+            rec.state = state
+            self.publish(rec, "state", **payload)
+
+    def save_config(self, rec: VmRecord) -> None:
+        self.store.save(rec.config)
+
+    # --- workers ----------------------------------------------------------------------------
+    def launch(self, rec: VmRecord) -> None:
+        from parent.worker_supervisor import WorkerHandle
+        launch = {"vm_id": rec.id, "name": rec.name, "home": str(self.home.root),
+                  "config": {k: rec.config[k] for k in ("guest", "processor", "memory")}}
+        pid = self.forkserver.launch(launch)
+        self.adopt(rec, WorkerHandle(self.ctx, self.home, rec.id, pid, self.on_worker_status))
+
+    def adopt(self, rec: VmRecord, handle) -> None:
+        rec.worker = handle
+        self.by_fd[handle.pidfd] = rec
+        self.poller.register(handle.pidfd, self.zmq.POLLIN)
+        self.poller.register(handle.sock, self.zmq.POLLIN)
+        self.socks[handle.sock] = rec
+        handle.send("attach", {}, lambda ok, res: ok and self.on_worker_status(handle, res), 5.0)
+
+    def on_worker_status(self, handle, status: dict) -> None:
+        rec = self.vms.get(handle.vm_id)
+        if rec is None or rec.worker is not handle:
+            return
+        handle.status = status
+        try:
+            state = VmState(status.get("state"))
+        except ValueError:
+            return
+        if state == VmState.Off:
+            return  # the worker is about to exit; its exit finishes the VM
+        self.set_state(rec, state, Heartbeat=status.get("heartbeat"))
+        if state == VmState.Running:
+            if rec.start_waiters and rec.busy in ("start-vm", "restart-vm"):
+                rec.busy = None
+            self.call_waiters(rec.start_waiters, None)
+
+    def on_worker_exit(self, rec: VmRecord) -> None:
+        handle = rec.worker
+        handle.on_readable()  # the final status and replies come before the exit
+        status = handle.status
+        reason = status.get("exit_reason") or "worker process exited"
+        error = status.get("error")
+        if status.get("state") not in ("Off",) and not error:
+            reason = f"worker crashed ({reason})" if status.get("exit_reason") else "worker process exited unexpectedly"
+        self.poller.unregister(handle.pidfd)
+        self.poller.unregister(handle.sock)
+        self.by_fd.pop(handle.pidfd, None)
+        self.socks.pop(handle.sock, None)
+        handle.fail_pending(HvError("InvalidState", f"VM '{rec.name}' turned off: {reason}"))
+        handle.close()
+        rec.worker = None
+        rec.config["last_exit_reason"] = reason
+        if not self.host_stopping:
+            rec.config["was_running"] = False
+        self.save_config(rec)
+        crashed = "crash" in reason or "unexpectedly" in reason
+        self.set_state(rec, VmState.Off, Reason=reason)
+        if crashed:
+            self.publish(rec, "crashed", Reason=reason)
+        err = HvError(error["code"], error["message"]) if error else \
+            HvError("InvalidState", f"VM '{rec.name}' stopped while starting: {reason}")
+        rec.busy = None
+        self.call_waiters(rec.start_waiters, err)
+        self.call_waiters(rec.exit_waiters, None)
+        self.log.info("worker_exited", vm_id=rec.id, vm_name=rec.name, reason=reason)
+
+    def reattach(self) -> None:
+        from parent.worker_supervisor import WorkerHandle, find_live_workers
+        live, stale = find_live_workers(self.home)
+        for path in stale:
+            path.unlink(missing_ok=True)
+        for vm_id, pid in live.items():
+            rec = self.vms.get(vm_id)
+            if rec is None:  # an orphan: its VM was removed while vmms was away
+                self.log.warning("orphan_worker_killed", vm_id=vm_id, pid=pid)
+                os.kill(pid, signal.SIGKILL)
+                continue
+            try:
+                handle = WorkerHandle(self.ctx, self.home, vm_id, pid, self.on_worker_status)
+            except OSError:
+                continue
+            rec.state = VmState.Running  # provisional; the attach answer tells the truth
+            self.adopt(rec, handle)
+            self.log.info("worker_reattached", vm_id=vm_id, vm_name=rec.name, pid=pid)
+
+    def worker_call(self, rec: VmRecord, req: Request, op: str, args: dict,
+                    timeout: float = WORKER_OP_TIMEOUT, on_ok=None) -> object:
+        """Forward an op to the VM's worker; the client's reply follows the worker's."""
+        if rec.worker is None:
+            raise HvError("InvalidState", f"VM '{rec.name}' is not running")
+
+        def done(ok: bool, res) -> None:
+            if rec.busy == req.op:
+                rec.busy = None
+            if not ok:
+                self.server.reply_error(req, res)
+            elif on_ok is not None:
+                on_ok(res)
+            else:
+                self.server.reply(req, self.vm_view(rec, {}))
+        rec.worker.send(op, args, done, timeout)
+        return DEFERRED
+
+    @staticmethod
+    def call_waiters(waiters: list, err: HvError | None) -> None:
+        pending = list(waiters)
+        waiters.clear()
+        for callback, _ in pending:
+            callback(err)
+
+    def answer(self, req: Request, rec: VmRecord):
+        """A waiter callback that replies to a client: the VM's view, or the error."""
+        def callback(err: HvError | None) -> None:
+            if err is None:
+                self.server.reply(req, self.vm_view(rec, {}))
+            else:
+                self.server.reply_error(req, err)
+        return callback
+
+    def expire_waiters(self) -> None:
+        now = time.monotonic()
+        for rec in self.vms.values():
+            if rec.worker is not None:
+                rec.worker.expire(now)
+            for waiters, what in ((rec.start_waiters, "reach Running"), (rec.exit_waiters, "turn off")):
+                for item in [w for w in waiters if w[1] <= now]:
+                    waiters.remove(item)
+                    rec.busy = None
+                    item[0](HvError("Timeout", f"VM '{rec.name}' did not {what} in time"))
+                    if what == "turn off" and rec.worker is not None:
+                        os.kill(rec.worker.pid, signal.SIGKILL)  # a hung worker: pull the cord
+
+    # --- views --------------------------------------------------------------------------------
+    def vm_view(self, rec: VmRecord, stats: dict) -> dict:
+        cfg, st = rec.config, (rec.worker.status if rec.worker else {})
+        part = stats.get(rec.id, {})
+        cpu, mem = part.get("cpu", {}), part.get("memory", {})
+        uptime = 0.0
+        if rec.worker and st.get("running_since"):
+            end = st.get("paused_since") or time.time()
+            uptime = max(0.0, end - st["running_since"] - (st.get("paused_total") or 0.0))
+        heartbeat = st.get("heartbeat", "NoContact") if rec.worker else "NoContact"
+        if rec.state == VmState.Paused:
+            heartbeat = "Paused"
+        return {
+            "Name": rec.name, "Id": rec.id, "State": rec.state.value,
+            "Status": self.status_sentence(rec, heartbeat),
+            "CPUUsage": round(cpu.get("cpu_percent_last_second", 0.0)),
+            "MemoryAssigned": mem.get("assigned", 0) if rec.worker else 0,
+            "MemoryDemand": (mem.get("demand") or 0) if rec.worker else 0,
+            "MemoryStartup": cfg["memory"]["startup"],
+            "DynamicMemoryEnabled": cfg["memory"]["dynamic"],
+            "ProcessorCount": cfg["processor"]["count"],
+            "Uptime": round(uptime, 3), "Heartbeat": heartbeat,
+            "WorkerProcessId": rec.worker.pid if rec.worker else None,
+            "GuestProcessId": st.get("guest_pid") if rec.worker else None,
+            "Guest": cfg["guest"],
+            "AutomaticStartAction": cfg["automatic_start_action"],
+            "AutomaticStopAction": cfg["automatic_stop_action"],
+            "LastExitReason": cfg.get("last_exit_reason"),
+        }
+
+    def status_sentence(self, rec: VmRecord, heartbeat: str) -> str:
+        if rec.state == VmState.Off and rec.config.get("last_exit_reason", "") and \
+                "crash" in rec.config.get("last_exit_reason", ""):
+            return f"Stopped: {rec.config['last_exit_reason']}"
+        if heartbeat == "LostCommunication":
+            return "Lost communication with the guest"
+        if rec.state in (VmState.Running,) and heartbeat == "NoContact":
+            return "Operating normally (waiting for the guest's first heartbeat)"
+        return "Operating normally"
+
+    # --- host ---------------------------------------------------------------------------------
+    def boot_actions(self) -> None:
+        """Host boot: Start VMs set to Start, and StartIfRunning ones that were running."""
+        for rec in self.vms.values():
+            action = rec.config["automatic_start_action"]
+            if rec.worker is None and (action == "Start" or (action == "StartIfRunning" and rec.config.get("was_running"))):
+                try:
+                    self.lock(rec, "start-vm")
+                    self.set_state(rec, VmState.Starting)
+                    self.launch(rec)
+                    rec.busy = None
+                except HvError as err:
+                    rec.busy = None
+                    self.set_state(rec, VmState.Off)
+                    self.log.warning("automatic_start_failed", vm_id=rec.id, error=err.message)
+
+    def serve(self) -> None:
+        import zmq
+
+        from hypervisor.rpc_server import RpcServer, bind_router
+        from parent.control_ops import CONTROL_OPS
+        self.zmq = zmq
+        self.ctx = zmq.Context()
+        old = os.umask(0o077)
+        try:
+            router = bind_router(self.ctx, self.home.control_endpoint)
+            # XPUB: vmms sees each new subscription and confirms it (see client.EventStream)
+            self.pub = self.ctx.socket(zmq.XPUB)
+            self.pub.setsockopt(zmq.LINGER, 0)
+            self.pub.setsockopt(zmq.SNDHWM, 10000)
+            self.pub.bind(self.home.events_endpoint)
+        finally:
+            os.umask(old)
+        self.server = RpcServer(router, {name: (lambda req, op=op: op.handler(self, req))
+                                         for name, op in CONTROL_OPS.items()}, self.log)
+        self.poller = zmq.Poller()
+        self.poller.register(router, zmq.POLLIN)
+        self.socks: dict = {}
+        self.host_stopping = False
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        self.poller.register(rfd, zmq.POLLIN)
+        self.poller.register(self.pub, zmq.POLLIN)
+        for config in self.store.load_all(self.log):
+            self.vms[config["id"]] = VmRecord(config=config, state=VmState(config.get("state", "Off")))
+        self.reattach()
+        if self.boot:
+            self.boot_actions()
+        next_expire = 0.0
+        try:
+            while self.running:
+                for sock, _ in self.poller.poll(100):
+                    if sock is router:
+                        self.server.drain()
+                    elif sock == rfd:
+                        if any(s in os.read(rfd, 64) for s in (signal.SIGTERM, signal.SIGINT)):
+                            self.running = False
+                    elif sock is self.pub:
+                        self.confirm_subscriptions()
+                    elif sock in self.by_fd:
+                        self.on_worker_exit(self.by_fd[sock])
+                    elif sock in self.socks:
+                        rec = self.socks[sock]
+                        rec.worker.on_readable()
+                now = time.monotonic()
+                if now >= next_expire:
+                    next_expire = now + 0.1
+                    self.expire_waiters()
+        finally:
+            self.pub.close(0)
+            router.close(0)
+            for rec in self.vms.values():
+                if rec.worker is not None:
+                    rec.worker.close()
+            if self._hv is not None:
+                self._hv.close()
+            self.ctx.term()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m parent.vmms")
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--boot", action="store_true", help="host boot: run automatic start actions")
+    args = ap.parse_args(argv)
+    home = Home.resolve(args.home)
+    setproctitle.setproctitle(f"vmms {home.root}")
+    home.ensure()
+    from hypervisor.logging_setup import configure
+    log = configure(home.logs_dir, "vmms")
+    pidfile = PidFile(home.pidfile("vmms"))
+    pidfile.acquire()
+    from parent.worker_supervisor import ForkServer
+    forkserver = ForkServer(home)  # before any ZeroMQ context exists in this process
+    vmms = Vmms(home, log)
+    vmms.forkserver = forkserver
+    vmms.boot = args.boot
+    log.info("vmms_started", hypervisor_pid=read_pid(home.pidfile("hypervisor")))
+    try:
+        vmms.serve()
+    finally:
+        forkserver.close()
+        pidfile.release()
+        log.info("vmms_stopped")
+
+
+if __name__ == "__main__":
+    main()

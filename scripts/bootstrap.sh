@@ -1,0 +1,29 @@
+# Sourced by scripts/demo and scripts/test: create or reuse .venv and install the project.
+# Debian packages the tests and benchmarks use (qemu-img, cpulimit, socat) are installed when
+# missing and we may (root or sudo); everything Python comes from PyPI into .venv.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+need_apt=()
+for pair in qemu-img:qemu-utils cpulimit:cpulimit socat:socat; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair##*:}")
+done
+if [ "${#need_apt[@]}" -gt 0 ] && [ "${HVEMU_SKIP_APT:-0}" != 1 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${need_apt[*]} (Debian packages)" >&2
+    $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1; } \
+      || echo "warning: could not install ${need_apt[*]}; tests that need them are skipped" >&2
+  fi
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+EXTRA="${1:-}"
+stamp=".venv/.installed${EXTRA}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${EXTRA}"
+  touch "$stamp"
+fi

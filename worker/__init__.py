@@ -1,0 +1,1 @@
+"""vmwp, the guest runtime and VMBus (layer above hypervisor/)"""

@@ -1,0 +1,1 @@
+"""The guest runtime: programs and integration services inside a child partition (`vmmem`)."""

@@ -1,0 +1,108 @@
+"""The guest programs a child partition can run (CLI.md "Guest programs"), parsed and started.
+
+`parse_spec` is pure and validates a SPEC (vmms calls it before storing a configuration).
+Programs run as processes of the partition: their whole tree is what the hypervisor schedules.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+
+from hypervisor.errors import HvError
+from hypervisor.sizes import parse_size
+
+@dataclass(frozen=True)
+class GuestSpec:
+    kind: str
+    command: str = ""
+    size: int = 0
+    seed: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "command":
+            return f"command:{self.command}"
+        if self.kind == "memory-demand":
+            return f"memory-demand:{self.size}"
+        if self.kind in ("disk-write", "disk-verify"):
+            return f"{self.kind}:{self.size}:{self.seed}"
+        if self.kind == "disk-sha256":
+            return f"disk-sha256:{self.size}"
+        return self.kind
+
+
+def parse_spec(spec: str) -> GuestSpec:
+    if not isinstance(spec, str) or not spec or len(spec) > 4096:
+        raise HvError("BadRequest", "guest SPEC must be a non-empty string of at most 4096 characters")
+    kind, _, rest = spec.partition(":")
+    if kind in ("idle", "cpu-burn", "no-shutdown") and not rest:
+        return GuestSpec(kind)
+    if kind == "command" and rest.strip():
+        return GuestSpec("command", command=rest)
+    if kind == "memory-demand" and rest:
+        return GuestSpec("memory-demand", size=parse_size(rest))
+    if kind in ("disk-write", "disk-verify"):
+        size, _, seed = rest.partition(":")
+        n = parse_size(size) if size else -1
+        if n <= 0 or n % 4096 or not seed:
+            raise HvError("BadRequest", f"guest {kind} needs SIZE:SEED with SIZE a positive multiple of 4096")
+        return GuestSpec(kind, size=n, seed=seed)
+    if kind == "disk-sha256":
+        n = parse_size(rest) if rest else -1
+        if n <= 0:
+            raise HvError("BadRequest", "guest disk-sha256 needs a positive SIZE")
+        return GuestSpec(kind, size=n)
+    raise HvError("BadRequest", f"unknown guest SPEC {spec!r}: use idle, cpu-burn, command:CMD, "
+                                "memory-demand:SIZE, disk-write:SIZE:SEED, disk-verify:SIZE:SEED "
+                                "or disk-sha256:SIZE")
+
+
+class RunningProgram:
+    """Processes started for a program; `stop()` ends the whole group (bounded)."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self.command: subprocess.Popen | None = None
+
+    def start_burners(self, count: int, title: str) -> None:
+        import setproctitle
+        from worker.guest.runtime import set_pdeathsig
+        for vp in range(count):
+            pid = os.fork()  # the guest holds no zmq context and no threads
+            if pid == 0:
+                set_pdeathsig(signal.SIGKILL)
+                setproctitle.setproctitle(f"vcpu{vp} {title}")
+                while True:
+                    pass
+            self.pids.append(pid)
+
+    def start_command(self, cmd: str) -> subprocess.Popen:
+        self.command = subprocess.Popen(
+            ["/bin/sh", "-c", cmd], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
+            process_group=0, close_fds=True)
+        return self.command
+
+    def exited(self) -> int | None:
+        """Exit status of the command program if it has ended (None otherwise)."""
+        return self.command.poll() if self.command is not None else None
+
+    def stop(self, grace: float = 2.0) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self.pids.clear()
+        if self.command is not None and self.command.poll() is None:
+            try:
+                os.killpg(self.command.pid, signal.SIGTERM)
+                self.command.wait(timeout=grace)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.command.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.command.wait(timeout=grace)

@@ -1,0 +1,358 @@
+"""One VMBus ring buffer in shared memory, and the two endpoints of a channel.
+
+What: a single-producer single-consumer byte ring living in any writable buffer (a bytearray in
+tests, an mmap of a shared-memory file in the worker, guest and driver host). A channel uses two
+rings in one region, one each way (`ring_pair`, `attach`). Like OpenVMM's `vmbus_ring`, this
+module does no I/O: it never signals or waits itself, it only says when the caller must.
+
+Layout of one ring (`total_size` bytes, a multiple of 8):
+
+    header (64 bytes)  u32 write_index, u32 read_index, u32 interrupt_mask,
+                       u32 pending_send_size, u32 data_size, 44 bytes reserved
+    data (data_size = total_size - 64 bytes)
+
+Indices are byte offsets into the data area, always multiples of 8. read_index == write_index
+means empty, so the writer never fills the ring completely: a full ring leaves one 8-byte slot
+unused. Each packet is a 16-byte header (u16 type, u16 flags, u32 payload length, u64
+transaction id), then the payload, zero-padded to 8 bytes; a packet may wrap around the end.
+
+Signalling (as in Hyper-V): the writer must interrupt the reader only when the ring goes from
+empty to non-empty and the reader has not masked interrupts (`write()` returns True then). A
+writer that finds no room sets pending_send_size; the reader that frees that much space must
+signal the writer back (`RingReader.take_writer_signal()`).
+
+Trust: the other side may be hostile. Each side keeps its own index privately and only reads
+the peer's index from shared memory; every index and length it reads is checked, and anything
+malformed raises `RingProtocolError` — never IndexError or struct.error, never a loop that does
+not end, never an allocation larger than the ring. Header and payload are copied out of shared
+memory once, so the peer cannot change them between the check and the use.
+
+Memory ordering: the writer copies the packet, then publishes write_index; the reader copies the
+packet out, then publishes read_index. Each index is one aligned 4-byte store. CPython has no
+fences: store order holds on x86-64 (TSO); on weakly ordered CPUs a reader may see an index
+before the data, which shows up as a RingProtocolError, not as wrong data being accepted silently
+— except for payload bytes, which the checks cannot vouch for.
+
+Performance: bytes move with memoryview slice assignment and `bytes()`/`join` of slices (one
+memcpy each, at most two pieces for a wrapped packet); there is no per-byte Python loop. A read
+batch publishes read_index once.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+
+HEADER_SIZE = 64
+PACKET_HEADER_SIZE = 16
+ALIGN = 8
+MIN_DATA_SIZE = 32
+MAX_RING_SIZE = 1 << 30
+
+# Header field offsets.
+_WRITE_INDEX, _READ_INDEX, _INTERRUPT_MASK, _PENDING_SEND_SIZE, _DATA_SIZE = 0, 4, 8, 12, 16
+
+_U32 = struct.Struct("<I")
+_PACKET_HEADER = struct.Struct("<HHIQ")
+_ZEROS = bytes(ALIGN)
+_U64_MAX = (1 << 64) - 1
+
+
+class PacketType(IntEnum):
+    """Packet types, numbered as Hyper-V's VM_PKT_* values."""
+
+    DATA = 6          # in-band data: a request or a one-way message
+    CANCEL = 10       # cancel the request with this transaction id
+    COMPLETION = 11   # the response to a request, same transaction id
+
+
+class PacketFlags(IntFlag):
+    COMPLETION_REQUESTED = 1   # the sender expects a COMPLETION with the same txid
+
+
+_PACKET_TYPES = frozenset(int(t) for t in PacketType)
+_KNOWN_FLAGS = int(PacketFlags.COMPLETION_REQUESTED)
+
+
+class RingError(Exception):
+    """Base of the ring's errors."""
+
+
+class RingFull(RingError):
+    """No room for this packet now; wait for the reader's signal and retry."""
+
+    def __init__(self, needed: int, free: int):
+        super().__init__(f"ring full: packet needs {needed} bytes, {free} free")
+        self.needed = needed
+        self.free = free
+
+
+class RingProtocolError(RingError):
+    """The ring's contents break the protocol (or a packet can never fit): fail the channel."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    type: int
+    payload: bytes
+    txid: int = 0
+    flags: int = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes this packet occupies in a ring."""
+        return packet_size(len(self.payload))
+
+
+def packet_size(payload_len: int) -> int:
+    return PACKET_HEADER_SIZE + ((payload_len + ALIGN - 1) & ~(ALIGN - 1))
+
+
+class Ring:
+    """The shared view of one ring: `total_size` bytes of `buf` starting at `offset`.
+
+    `init=True` formats the header (the side that creates the region); `init=False` attaches to
+    a formatted ring and checks that its data_size matches `total_size`.
+    """
+
+    def __init__(self, buf, offset: int, total_size: int, init: bool):
+        mv = memoryview(buf)
+        if mv.readonly:
+            raise ValueError("ring buffer must be writable")
+        if mv.format != "B" or mv.itemsize != 1:
+            mv = mv.cast("B")
+        if offset < 0 or offset % ALIGN or total_size % ALIGN:
+            raise ValueError(f"ring offset {offset} and size {total_size} must be multiples of {ALIGN}")
+        if not HEADER_SIZE + MIN_DATA_SIZE <= total_size <= MAX_RING_SIZE:
+            raise ValueError(f"ring size {total_size} outside "
+                             f"{HEADER_SIZE + MIN_DATA_SIZE}..{MAX_RING_SIZE}")
+        if offset + total_size > len(mv):
+            raise ValueError(f"ring at {offset}+{total_size} overruns a {len(mv)}-byte buffer")
+        self.total_size = total_size
+        self.data_size = total_size - HEADER_SIZE
+        self._view = mv
+        self._header = mv[offset:offset + HEADER_SIZE]
+        self._data = mv[offset + HEADER_SIZE:offset + total_size]
+        if init:
+            self._header[:] = bytes(HEADER_SIZE)
+            self.store(_DATA_SIZE, self.data_size)
+        elif self.load(_DATA_SIZE) != self.data_size:
+            raise RingProtocolError(f"ring header says data_size {self.load(_DATA_SIZE)}, "
+                                    f"expected {self.data_size}")
+
+    def release(self) -> None:
+        """Drop this ring's views of the buffer (an mmap cannot close while views exist)."""
+        for view in (self._header, self._data, self._view):
+            view.release()
+
+    @property
+    def max_payload(self) -> int:
+        """The largest payload that fits in this ring when it is empty."""
+        return self.data_size - ALIGN - PACKET_HEADER_SIZE
+
+    def load(self, field: int) -> int:
+        return _U32.unpack_from(self._header, field)[0]
+
+    def store(self, field: int, value: int) -> None:
+        _U32.pack_into(self._header, field, value)
+
+    def checked_index(self, field: int, who: str) -> int:
+        """An index written by the peer, checked before use."""
+        value = self.load(field)
+        if value >= self.data_size or value % ALIGN:
+            raise RingProtocolError(f"{who} index {value} invalid for a {self.data_size}-byte ring")
+        return value
+
+    def used(self, write: int, read: int) -> int:
+        return (write - read) % self.data_size
+
+    def copy_in(self, pos: int, src) -> None:
+        n = len(src)
+        first = self.data_size - pos
+        if n <= first:
+            self._data[pos:pos + n] = src
+        else:
+            self._data[pos:] = src[:first]
+            self._data[:n - first] = src[first:]
+
+    def copy_out(self, pos: int, n: int) -> bytes:
+        first = self.data_size - pos
+        if n <= first:
+            return bytes(self._data[pos:pos + n])
+        return b"".join((self._data[pos:], self._data[:n - first]))
+
+
+class RingWriter:
+    """The producer side of a ring. Keeps write_index privately; trusts read_index only after
+    checking it."""
+
+    def __init__(self, ring: Ring):
+        self.ring = ring
+        self._write = ring.checked_index(_WRITE_INDEX, "own write")
+        self._pending = False   # we asked the reader to signal us when space frees up
+
+    def free_bytes(self) -> int:
+        """Bytes a new packet may use now (a full ring keeps one 8-byte slot unused)."""
+        r = self.ring
+        return r.data_size - r.used(self._write, r.checked_index(_READ_INDEX, "read")) - ALIGN
+
+    def write(self, type: int, payload=b"", txid: int = 0, flags: int = 0) -> bool:
+        """Append one packet. Returns True when the caller must signal the reader.
+
+        Raises RingFull (after asking the reader to signal when there is room) or
+        RingProtocolError for a packet larger than this ring can ever hold.
+        """
+        if type not in _PACKET_TYPES:
+            raise ValueError(f"unknown packet type {type}")
+        if flags & ~_KNOWN_FLAGS or flags < 0:
+            raise ValueError(f"unknown packet flags {flags:#x}")
+        if not 0 <= txid <= _U64_MAX:
+            raise ValueError(f"transaction id {txid} out of range")
+        src = memoryview(payload)
+        if src.format != "B" or src.itemsize != 1:
+            src = src.cast("B")
+        ring, n = self.ring, len(src)
+        total = packet_size(n)
+        if n > ring.max_payload:
+            raise RingProtocolError(f"payload of {n} bytes can never fit: ring holds at most "
+                                    f"{ring.max_payload}")
+        free = self.free_bytes()
+        if total > free:
+            # Ask for a signal, then look again: the reader may have freed space meanwhile
+            # without seeing our request.
+            ring.store(_PENDING_SEND_SIZE, total)
+            self._pending = True
+            free = self.free_bytes()
+            if total > free:
+                raise RingFull(total, free)
+        old = self._write
+        pos = old
+        ring.copy_in(pos, _PACKET_HEADER.pack(type, flags, n, txid))
+        pos = (pos + PACKET_HEADER_SIZE) % ring.data_size
+        ring.copy_in(pos, src)
+        pos = (pos + n) % ring.data_size
+        ring.copy_in(pos, _ZEROS[:total - PACKET_HEADER_SIZE - n])
+        self._write = (old + total) % ring.data_size
+        ring.store(_WRITE_INDEX, self._write)          # publish after the packet is in place
+        if self._pending:
+            ring.store(_PENDING_SEND_SIZE, 0)
+            self._pending = False
+        if ring.load(_INTERRUPT_MASK):
+            return False
+        # The reader had consumed everything up to where this packet starts: it may be asleep.
+        return ring.load(_READ_INDEX) == old
+
+
+class RingReader:
+    """The consumer side of a ring. Keeps read_index privately; trusts write_index only after
+    checking it."""
+
+    def __init__(self, ring: Ring):
+        self.ring = ring
+        self._read = ring.checked_index(_READ_INDEX, "own read")
+        self._signal_writer = False
+
+    def is_empty(self) -> bool:
+        return self.ring.checked_index(_WRITE_INDEX, "write") == self._read
+
+    def read_one(self) -> Packet | None:
+        """The next packet, or None when the ring is empty."""
+        packets = self._read_batch(1)
+        return packets[0] if packets else None
+
+    def read_all(self) -> list[Packet]:
+        """Every packet present now, in order (packets written meanwhile wait for the next call)."""
+        return self._read_batch(None)
+
+    def take_writer_signal(self) -> bool:
+        """True (once) when a read freed the space a blocked writer asked for: signal it."""
+        signal, self._signal_writer = self._signal_writer, False
+        return signal
+
+    def mask_interrupts(self) -> None:
+        """Tell the writer not to signal: we are polling (Hyper-V's interrupt_mask)."""
+        self.ring.store(_INTERRUPT_MASK, 1)
+
+    def unmask_interrupts(self) -> bool:
+        """Re-enable signals; True if packets arrived meanwhile, so the caller must drain again."""
+        self.ring.store(_INTERRUPT_MASK, 0)
+        return not self.is_empty()
+
+    def _read_batch(self, limit: int | None) -> list[Packet]:
+        ring = self.ring
+        size = ring.data_size
+        write = ring.checked_index(_WRITE_INDEX, "write")
+        pos, left = self._read, ring.used(write, self._read)
+        packets: list[Packet] = []
+        while left and (limit is None or len(packets) < limit):
+            if left < PACKET_HEADER_SIZE:
+                raise RingProtocolError(f"{left} bytes left at {pos}, less than a packet header")
+            type_, flags, n, txid = _PACKET_HEADER.unpack(ring.copy_out(pos, PACKET_HEADER_SIZE))
+            if type_ not in _PACKET_TYPES:
+                raise RingProtocolError(f"bad packet type {type_} at {pos}")
+            if flags & ~_KNOWN_FLAGS:
+                raise RingProtocolError(f"bad packet flags {flags:#x} at {pos}")
+            total = packet_size(n)
+            if total > left:
+                raise RingProtocolError(f"packet at {pos} claims {n} payload bytes, "
+                                        f"only {left - PACKET_HEADER_SIZE} present")
+            payload = ring.copy_out((pos + PACKET_HEADER_SIZE) % size, n)
+            packets.append(Packet(type_, payload, txid, flags))
+            pos, left = (pos + total) % size, left - total
+        if packets:
+            self._read = pos
+            ring.store(_READ_INDEX, pos)               # publish after the packets are copied out
+            pending = ring.load(_PENDING_SEND_SIZE)
+            if pending:
+                now = ring.load(_WRITE_INDEX)
+                if now >= size or now % ALIGN:         # hostile writer: a spurious signal is harmless
+                    now = write
+                if size - ring.used(now, pos) - ALIGN >= pending:
+                    self._signal_writer = True
+        return packets
+
+
+@dataclass
+class RingEndpoint:
+    """One side of a channel: writes its outgoing ring, reads its incoming ring."""
+
+    out: RingWriter
+    inp: RingReader
+
+    def send(self, type: int, payload=b"", txid: int = 0, flags: int = 0) -> bool:
+        return self.out.write(type, payload, txid, flags)
+
+    def receive_all(self) -> list[Packet]:
+        return self.inp.read_all()
+
+    def release(self) -> None:
+        self.out.ring.release()
+        self.inp.ring.release()
+
+
+def region_size(ring_size: int) -> int:
+    """Bytes of shared memory one channel needs: two rings of `ring_size` bytes."""
+    return 2 * ring_size
+
+
+def attach(buf, ring_size: int, side: str, init: bool, offset: int = 0) -> RingEndpoint:
+    """The `side` ("guest" or "host") endpoint of the channel region at `offset` in `buf`.
+
+    The guest -> host ring comes first, then the host -> guest ring. Exactly one side (the one
+    that creates the region) passes init=True, before the other attaches.
+    """
+    if side not in ("guest", "host"):
+        raise ValueError(f"side must be 'guest' or 'host', not {side!r}")
+    to_host = Ring(buf, offset, ring_size, init)
+    to_guest = Ring(buf, offset + ring_size, ring_size, init)
+    if side == "guest":
+        return RingEndpoint(RingWriter(to_host), RingReader(to_guest))
+    return RingEndpoint(RingWriter(to_guest), RingReader(to_host))
+
+
+def ring_pair(ring_size: int = 4096) -> tuple[RingEndpoint, RingEndpoint]:
+    """A connected (guest, host) pair of endpoints over one fresh in-memory region."""
+    buf = bytearray(region_size(ring_size))
+    guest = attach(buf, ring_size, "guest", init=True)
+    host = attach(buf, ring_size, "host", init=False)
+    return guest, host

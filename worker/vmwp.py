@@ -1,0 +1,423 @@
+"""vmwp: the worker process of one running VM (`vmwp <VMName> <VMId>`).
+
+It owns the VM's state machine, creates the VM's child partition through hypercalls, runs the
+guest (`vmmem`, its child, dying with it through PR_SET_PDEATHSIG) and serves vmms on its own
+socket (`run/w/<VMId>.sock`), pushing a `status` notification on every change. It holds a pid
+file lock for its whole life, so a restarted vmms can find it again.
+
+Start-up order matters: the guest is forked first, before this process reads the root
+credential or makes a ZeroMQ context, so the guest inherits neither.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import setproctitle
+
+from hypervisor.errors import HvError
+from hypervisor.paths import Home
+from hypervisor.pidfile import PidFile, read_pid
+from worker import guest_link
+from worker.guest.runtime import guest_main
+from worker.vm_state import VmState, begin, result
+from worker.worker_defs import NOTIFY_STATUS, STOP_TIMEOUT_DEFAULT
+
+HEARTBEAT_LOST_AFTER = 2.0  # 3 missed beats at the guest's 0.5 s interval, plus slack
+BOOT_DEADLINE = 30.0
+
+
+def fork_guest(name: str, vm_id: str) -> tuple[int, guest_link.GuestLink]:
+    """Fork the guest now (no zmq context, no threads, no credential in this process yet)."""
+    ours, theirs = guest_link.pair()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        guest_main(theirs, name, vm_id, parent)  # never returns
+    theirs.close()
+    return pid, guest_link.GuestLink(ours)
+
+
+def exec_guest(name: str, vm_id: str) -> tuple[int, guest_link.GuestLink]:
+    """Start a guest by fork+exec (after a reset, when this process already has threads)."""
+    ours, theirs = guest_link.pair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.guest", "--fd", str(theirs.fileno()), "--name", name,
+         "--id", vm_id, "--parent", str(os.getpid())],
+        pass_fds=[theirs.fileno()], env={"PYTHONPATH": os.pathsep.join(sys.path)},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    theirs.close()
+    proc.returncode = 0  # this worker reaps it itself with waitpid; keep Popen from doing so
+    return proc.pid, guest_link.GuestLink(ours)
+
+
+class Worker:
+    def __init__(self, home: Home, vm_id: str, name: str, config: dict, log):
+        self.home, self.vm_id, self.name, self.config = home, vm_id, name, config
+        self.log = log.bind(vm_id=vm_id, vm_name=name)
+        self.state = VmState.Starting
+        self.guest_pid: int | None = None
+        self.link: guest_link.GuestLink | None = None
+        self.partition_id: str | None = None
+        self.running_since: float | None = None
+        self.paused_total = 0.0
+        self.paused_since: float | None = None
+        self.last_beat: float | None = None
+        self.heartbeat = "NoContact"
+        self.exit_reason: str | None = None
+        self.error: dict | None = None
+        self.peer: bytes | None = None
+        self.waiters: list = []            # requests answered when the VM reaches Running
+        self.stop_request = None           # (req, deadline, force) of a graceful stop
+        self.expected_guest_exit = False
+        self.done = False
+        self.boot_deadline = time.monotonic() + BOOT_DEADLINE
+
+    # --- status -----------------------------------------------------------------------------
+    def status(self) -> dict:
+        return {"vm_id": self.vm_id, "state": self.state.value, "worker_pid": os.getpid(),
+                "guest_pid": self.guest_pid, "partition_id": self.partition_id,
+                "running_since": self.running_since, "paused_total": self.paused_total,
+                "paused_since": self.paused_since, "heartbeat": self.heartbeat,
+                "exit_reason": self.exit_reason, "error": self.error}
+
+    def notify(self) -> None:
+        if self.peer is not None:
+            self.server.notify(self.peer, NOTIFY_STATUS, self.status())
+
+    def set_state(self, state: VmState) -> None:
+        if state != self.state:
+            self.log.info("state_changed", old=self.state.value, new=state.value)
+            self.state = state
+            self._update_heartbeat()
+            self.notify()
+
+    def _update_heartbeat(self) -> None:
+        if self.state == VmState.Paused:
+            hb = "Paused"
+        elif self.state not in (VmState.Running, VmState.Stopping) or self.last_beat is None:
+            hb = "NoContact"
+        elif time.monotonic() - self.last_beat > HEARTBEAT_LOST_AFTER:
+            hb = "LostCommunication"
+        else:
+            hb = "OkApplicationsUnknown"
+        if hb != self.heartbeat:
+            self.heartbeat = hb
+            self.log.info("heartbeat", status=hb)
+            self.notify()
+
+    # --- partition and guest --------------------------------------------------------------
+    def boot(self, guest_pid: int, link: guest_link.GuestLink) -> None:
+        """Create the partition, attach the (already forked) guest, and tell it to boot."""
+        self.guest_pid, self.link = guest_pid, link
+        self.poller.register(link.fileno(), self.zmq.POLLIN)
+        self.guest_fd = os.pidfd_open(guest_pid)
+        self.poller.register(self.guest_fd, self.zmq.POLLIN)
+        cfg = self.config
+        made = self.hv.call("create-partition", {
+            "vm_id": self.vm_id, "name": self.name, "worker_pid": os.getpid(),
+            "processor": cfg.get("processor", {}), "memory": cfg.get("memory", {})})
+        self.partition_id = made["partition_id"]
+        self.hv.call("attach-guest", {"partition_id": self.partition_id, "guest_pid": guest_pid})
+        processor = cfg.get("processor", {})
+        link.send({"t": "boot", "program": cfg.get("guest", "idle"),
+                   "vps": processor.get("count", 1), "memory_path": made["memory_path"],
+                   "memory_size": made["memory_size"]})
+        self.boot_deadline = time.monotonic() + BOOT_DEADLINE
+        self.log.info("guest_booting", partition=self.partition_id, guest_pid=guest_pid)
+
+    def kill_guest(self) -> None:
+        """Pull the power: SIGKILL the guest's whole tree and reap it."""
+        if self.guest_pid is None:
+            return
+        self.expected_guest_exit = True
+        from hypervisor import process_tree
+        members = process_tree.tree(self.guest_pid, process_tree.children_map())
+        process_tree.signal_pids(members, signal.SIGKILL)
+        process_tree.continue_pids(members)
+        self._reap_guest(block=True)
+
+    def _reap_guest(self, block: bool) -> int | None:
+        if self.guest_pid is None:
+            return None
+        try:
+            pid, status = os.waitpid(self.guest_pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.guest_pid, 0
+        if pid == 0:
+            return None
+        try:
+            self.poller.unregister(self.guest_fd)
+        except KeyError:
+            pass
+        os.close(self.guest_fd)
+        if self.link is not None:
+            self.poller.unregister(self.link.fileno())
+            self.link.close()
+            self.link = None
+        self.guest_pid = None
+        self.last_beat = None
+        return status
+
+    def free_partition(self) -> None:
+        if self.partition_id is not None:
+            try:
+                self.hv.call("delete-partition", {"partition_id": self.partition_id}, timeout=2.0)
+            except HvError as err:
+                self.log.info("partition_free_failed", error=err.message)  # it frees on our exit anyway
+            self.partition_id = None
+
+    def power_off(self, reason: str) -> None:
+        self.kill_guest()
+        self.free_partition()
+        self.exit_reason = reason
+        self.running_since = None
+        self.set_state(VmState.Off)
+        self.done = True
+
+    # --- events from the guest --------------------------------------------------------------
+    def on_guest_messages(self) -> None:
+        for msg in self.link.receive() if self.link else ():
+            kind = msg.get("t")
+            if kind == "heartbeat":
+                first = self.last_beat is None
+                self.last_beat = time.monotonic()
+                if first and self.state in (VmState.Starting, VmState.Reset):
+                    self.running_since = time.time()
+                    self.set_state(VmState.Running)
+                    for req in self.waiters:
+                        self.server.reply(req, self.status())
+                    self.waiters.clear()
+                self._update_heartbeat()
+            elif kind == "console":
+                self.console_write(msg.get("data", b""))
+            elif kind in ("halt", "shutdown-ack"):
+                self.expected_guest_exit = True
+                self.exit_reason = msg.get("reason", "guest shut down")
+
+    def console_write(self, data) -> None:
+        if isinstance(data, bytes) and data:
+            with open(self.home.vm_dir(self.vm_id) / "console.log", "ab") as f:
+                f.write(data[-65536:])
+
+    def on_guest_exit(self) -> None:
+        status = self._reap_guest(block=True)
+        if self.expected_guest_exit:
+            reason = self.exit_reason or "guest shut down"
+        elif status is not None and os.WIFSIGNALED(status):
+            reason = f"guest crashed (vmmem killed by signal {os.WTERMSIG(status)})"
+        else:
+            reason = f"guest crashed (vmmem exited with status {os.waitstatus_to_exitcode(status or 0)})"
+        self.log.info("guest_exited", reason=reason)
+        self.free_partition()
+        self.exit_reason = reason
+        self.running_since = None
+        if self.stop_request is not None:
+            self.server.reply(self.stop_request[0], {"state": "Off"})
+            self.stop_request = None
+        self._fail_waiters(HvError("Internal", f"VM '{self.name}' stopped while starting: {reason}"))
+        self.set_state(VmState.Off)
+        self.done = True
+
+    def _fail_waiters(self, err: HvError) -> None:
+        for req in self.waiters:
+            self.server.reply_error(req, err)
+        self.waiters.clear()
+
+    # --- ops from vmms ----------------------------------------------------------------------
+    def op_attach(self, req):
+        self.peer = req.peer
+        return self.status()
+
+    def op_stop(self, req):
+        mode = req.args.get("mode", "shutdown")
+        force = bool(req.args.get("force", False))
+        timeout = req.args.get("timeout", STOP_TIMEOUT_DEFAULT)
+        if mode not in ("shutdown", "turn-off") or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise HvError("BadRequest", "stop needs mode shutdown|turn-off and a positive timeout")
+        if mode == "turn-off":
+            begin(self.state, "turn-off", self.name)
+            self.set_state(VmState.Stopping)
+            self.power_off("turned off")
+            self._fail_waiters(HvError("InvalidState", f"VM '{self.name}' was turned off"))
+            return {"state": "Off"}
+        if self.stop_request is not None:
+            raise HvError("Busy", f"VM '{self.name}' is already shutting down")
+        begin(self.state, "stop", self.name)
+        if self.state == VmState.Paused:
+            self._resume_partition()
+        self.set_state(VmState.Stopping)
+        self.link.send({"t": "shutdown"})
+        self.stop_request = (req, time.monotonic() + float(timeout), force)
+        return self.server_deferred
+
+    def check_stop_deadline(self) -> None:
+        if self.stop_request is None or time.monotonic() < self.stop_request[1]:
+            return
+        req, _, force = self.stop_request
+        self.stop_request = None
+        if force:
+            self.power_off("turned off after the guest did not shut down in time")
+            self.server.reply(req, {"state": "Off", "forced": True})
+        else:
+            self.set_state(VmState.Running)
+            self.server.reply_error(req, HvError(
+                "Timeout", f"the guest of VM '{self.name}' did not shut down in time; "
+                           "use --force to turn it off"))
+
+    def op_suspend(self, req):
+        begin(self.state, "suspend", self.name)
+        self.set_state(VmState.Pausing)
+        try:
+            self.hv.call("suspend-partition", {"partition_id": self.partition_id})
+        except HvError:
+            self.set_state(VmState.Running)
+            raise
+        self.paused_since = time.time()
+        self.set_state(result("suspend"))
+        return self.status()
+
+    def _resume_partition(self) -> None:
+        self.hv.call("resume-partition", {"partition_id": self.partition_id})
+        if self.paused_since is not None:
+            self.paused_total += time.time() - self.paused_since
+            self.paused_since = None
+        self.last_beat = time.monotonic()  # the guest was frozen, not lost
+
+    def op_resume(self, req):
+        begin(self.state, "resume", self.name)
+        self.set_state(VmState.Resuming)
+        self._resume_partition()
+        self.set_state(result("resume"))
+        return self.status()
+
+    def op_reset(self, req):
+        begin(self.state, "reset", self.name)
+        self.set_state(VmState.Reset)
+        self.kill_guest()
+        self.free_partition()
+        self.expected_guest_exit = False
+        self.paused_total, self.paused_since = 0.0, None
+        pid, link = exec_guest(self.name, self.vm_id)
+        self.boot(pid, link)
+        self.waiters.append(req)
+        return self.server_deferred
+
+    def op_set_guest(self, req):
+        self.config["guest"] = req.args.get("guest", self.config.get("guest", "idle"))
+        if self.link is not None:
+            self.link.send({"t": "set-program", "program": self.config["guest"]})
+        return {}
+
+    def op_set_processor(self, req):
+        self.config["processor"] = req.args.get("processor", {})
+        if self.partition_id is not None:
+            self.hv.call("set-processor", {"partition_id": self.partition_id,
+                                           "processor": self.config["processor"]})
+        return {}
+
+    def op_set_memory(self, req):
+        self.config["memory"] = req.args.get("memory", {})
+        if self.partition_id is not None:
+            return self.hv.call("set-memory", {"partition_id": self.partition_id,
+                                               "memory": self.config["memory"]})
+        return {}
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self, guest_pid: int, link: guest_link.GuestLink) -> None:
+        import zmq
+
+        from hypervisor.rpc_client import RpcClient
+        from hypervisor.rpc_server import DEFERRED, RpcServer, bind_router
+        self.zmq = zmq
+        self.server_deferred = DEFERRED
+        ctx = zmq.Context()
+        old = os.umask(0o077)
+        try:
+            router = bind_router(ctx, self.home.worker_endpoint(self.vm_id))
+        finally:
+            os.umask(old)
+        handlers = {"attach": self.op_attach, "stop": self.op_stop, "suspend": self.op_suspend,
+                    "resume": self.op_resume, "reset": self.op_reset, "set-guest": self.op_set_guest,
+                    "set-processor": self.op_set_processor, "set-memory": self.op_set_memory}
+        self.server = RpcServer(router, handlers, self.log)
+        self.poller = zmq.Poller()
+        self.poller.register(router, zmq.POLLIN)
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        self.poller.register(rfd, zmq.POLLIN)
+        hv_pid = read_pid(self.home.pidfile("hypervisor"))
+        hv_fd = os.pidfd_open(hv_pid) if hv_pid else None
+        if hv_fd is not None:
+            self.poller.register(hv_fd, zmq.POLLIN)
+        try:
+            cred = self.home.root_credential_file.read_text().strip()
+            self.hv = RpcClient(self.home.hypercall_endpoint, auth=cred, ctx=ctx, timeout=5.0,
+                                name="the hypervisor")
+            self.boot(guest_pid, link)
+        except (HvError, OSError) as err:
+            err = err if isinstance(err, HvError) else HvError("Unavailable", f"hypervisor: {err}")
+            self.log.warning("start_failed", code=err.code, error=err.message)
+            self.error = {"code": err.code, "message": err.message}
+            self.power_off(f"start failed: {err.message}")
+        while not self.done:
+            for sock, _ in self.poller.poll(250):
+                if sock is router:
+                    self.server.drain()
+                elif sock == rfd:
+                    if signal.SIGTERM in os.read(rfd, 64):
+                        self.power_off("worker terminated")
+                elif self.link is not None and sock == self.link.fileno():
+                    self.on_guest_messages()
+                elif sock == getattr(self, "guest_fd", None):
+                    self.on_guest_exit()
+                elif sock == hv_fd:
+                    self.log.warning("hypervisor_gone")
+                    self.power_off("the hypervisor stopped (host crash)")
+            if self.done:
+                break
+            self._update_heartbeat()
+            self.check_stop_deadline()
+            if self.state in (VmState.Starting, VmState.Reset) and time.monotonic() > self.boot_deadline:
+                self.error = {"code": "Timeout", "message": "the guest did not boot in time"}
+                self._fail_waiters(HvError("Timeout", f"VM '{self.name}' did not boot in time"))
+                self.power_off("the guest did not boot in time")
+        # let the final status and replies reach vmms; destroy closes every socket (a socket
+        # left open would make term() wait forever)
+        ctx.destroy(linger=500)
+
+
+def worker_main(launch: dict) -> None:
+    """Entry of a vmwp forked by the fork-server (already in its own session); never returns."""
+    from hypervisor.logging_setup import configure
+    vm_id, name = launch["vm_id"], launch["name"]
+    setproctitle.setproctitle(f"vmwp {name} {vm_id}")
+    guest_pid, link = fork_guest(name, vm_id)
+    home = Home.resolve(launch["home"])
+    code = 0
+    pidfile = PidFile(home.worker_pidfile(vm_id))
+    try:
+        pidfile.acquire()
+        log = configure(home.logs_dir, "vmwp")
+        worker = Worker(home, vm_id, name, dict(launch["config"]), log)
+        worker.run(guest_pid, link)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        code = 1
+        try:
+            os.kill(guest_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    finally:
+        pidfile.release()
+        try:
+            os.unlink(home.workers_dir / f"{vm_id}.sock")
+        except OSError:
+            pass
+        os._exit(code)
