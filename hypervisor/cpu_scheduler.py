@@ -57,6 +57,7 @@ from typing import Mapping
 from hypervisor.errors import HvError
 
 WANT_FRACTION = 0.9     # used this much of its entitlement -> it wants more
+STARVED_FRACTION = 0.1   # run-queue wait >= 10 % of a period: starved, so wanting
 IDLE_MARGIN = 1.25      # an idle partition wants its recent use times this ...
 IDLE_HEADROOM = 0.05    # ... plus this many CPUs per VP, so a wake-up is not stopped at once
 DEMAND_WINDOW = 3       # periods of history behind the idle estimate
@@ -144,7 +145,7 @@ def allocate(capacity: float, demands: Mapping[str, Demand]) -> dict[str, float]
 class _Partition:
     __slots__ = ("settings", "paused", "stopped", "throttled_since", "wanting", "rate", "acc",
                  "consumed", "throttled", "was_throttled", "debt", "last_usage", "added_at",
-                 "history", "totals")
+                 "history", "totals", "waited", "last_wait")
 
     def __init__(self, settings: ProcessorSettings, now: float, usage: float, keep: int):
         self.settings = settings
@@ -162,6 +163,8 @@ class _Partition:
         self.added_at = now
         self.history: deque[tuple[float, float, float, float]] = deque(maxlen=keep)
         self.totals = [0.0, 0.0, 0.0]               # entitled, consumed, throttled
+        self.waited = 0.0                           # run-queue wait this period, s
+        self.last_wait: float | None = None
 
     @property
     def count(self) -> int:
@@ -289,9 +292,12 @@ class CpuScheduler:
                 p.totals[i] += v
             p.debt = max(0.0, p.debt + p.consumed - entitled)
             # Entitled to nothing (just resumed, Maximum 0, starved) also counts as wanting.
+            # Runnable but starved by the host (run-queue wait) is wanting too: without it a
+            # partition crowded out by load outside the partitions looks idle and loses its share.
             p.wanting = not p.paused and (p.was_throttled or
-                                          p.consumed >= WANT_FRACTION * entitled - _EPS)
-            p.acc = p.consumed = p.throttled = 0.0
+                                          p.consumed >= WANT_FRACTION * entitled - _EPS or
+                                          p.waited > STARVED_FRACTION * (t - self._start) > 0)
+            p.acc = p.consumed = p.throttled = p.waited = 0.0
             p.was_throttled = p.throttled_since is not None
         if late:
             self._begin_grid(t)
@@ -304,8 +310,17 @@ class CpuScheduler:
             if p.unlimited():
                 p.debt = 0.0
 
-    def tick(self, now: float, usage: dict[str, float]) -> TickResult:
+    def tick(self, now: float, usage: dict[str, float],
+             waiting: dict[str, float] | None = None) -> TickResult:
+        """`usage`: cumulative CPU seconds per partition; `waiting` (optional): cumulative
+        seconds its processes spent runnable on a run queue (schedstat's run_delay)."""
         now = max(now, self._now)
+        for pid, total in (waiting or {}).items():
+            p = self._parts.get(pid)
+            if p is not None:
+                if p.last_wait is not None:
+                    p.waited += max(0.0, total - p.last_wait)
+                p.last_wait = total
         self._now = now
         if self._start is None:
             self._begin_grid(now)

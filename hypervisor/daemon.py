@@ -51,7 +51,7 @@ class Hypervisor:
         self.root_credential = secrets.token_hex(32)
         # CPU measurement: last reading of every process ever seen in a partition's tree, so
         # time burnt by a child that has since exited still counts.
-        self._cpu_seen: dict[str, dict[int, float]] = {}
+        self._cpu_seen: dict[str, dict[int, tuple[float, float]]] = {}
         self._members: dict[str, list[int]] = {}
         self._next_rescan = 0.0
         self._next_balance = 0.0
@@ -69,7 +69,11 @@ class Hypervisor:
         part = self.partitions.create(vm_id, name, worker_pid)
         try:
             assigned = self.memory.admit(part.id, name, memory, time.monotonic())
+            self._apply_assignments(self.memory.take_reclaimed())  # ballooned to make room
             part.memory = GuestMemory(assigned, self.home.shm_prefix)
+            # the guest maps up to its maximum once; hot-add then needs no remapping
+            map_size = min(memory.maximum if memory.dynamic else assigned, self.memory.capacity)
+            part.memory.reserve_length(map_size)
             self.cpu.add(part.id, processor, time.monotonic())
         except BaseException:
             self.memory.release(part.id)
@@ -86,7 +90,8 @@ class Hypervisor:
         self.log.info("partition_created", partition=part.id, vm_id=vm_id, vm_name=name,
                       memory=assigned, processor=processor.__dict__)
         return {"partition_id": part.id, "credential": part.credential,
-                "memory_path": part.memory.path, "memory_size": assigned}
+                "memory_path": part.memory.path, "memory_size": assigned,
+                "memory_map_size": map_size}
 
     def attach_guest(self, partition_id: str, guest_pid: int) -> dict:
         part = self.partitions.get(partition_id)
@@ -179,9 +184,11 @@ class Hypervisor:
         role = part.fds.get(fd, "process")
         self.free_partition(part, f"{role} exited")
 
-    def _measure(self, now: float, rescan: bool) -> dict[str, float]:
+    def _measure(self, now: float, rescan: bool) -> tuple[dict[str, float], dict[str, float]]:
+        """Cumulative (CPU seconds, run-queue wait seconds) of every partition's tree."""
         cmap = process_tree.children_map() if rescan else None
         usage: dict[str, float] = {}
+        waiting: dict[str, float] = {}
         for part in self.partitions:
             if part.guest_pid is None:
                 continue
@@ -193,15 +200,16 @@ class Hypervisor:
                 self._members[part.id] = members
             seen = self._cpu_seen.setdefault(part.id, {})
             for pid in self._members.get(part.id, ()):
-                t = process_tree.cpu_seconds(pid)
+                t = process_tree.schedstat(pid)
                 if t is not None:
                     seen[pid] = t
-            usage[part.id] = sum(seen.values())
-        return usage
+            usage[part.id] = sum(run for run, _ in seen.values())
+            waiting[part.id] = sum(wait for _, wait in seen.values())
+        return usage, waiting
 
     def _tick(self, now: float, rescan: bool) -> float:
-        usage = self._measure(now, rescan)
-        result = self.cpu.tick(now, usage)
+        usage, waiting = self._measure(now, rescan)
+        result = self.cpu.tick(now, usage, waiting)
         for pid in result.stop:
             process_tree.signal_pids(self._members.get(pid, ()), signal.SIGSTOP)
         for pid in result.cont:
@@ -209,10 +217,14 @@ class Hypervisor:
         return result.next_wakeup
 
     def _balance(self, now: float) -> None:
-        for pid, size in self.memory.balance(now).items():
+        self._apply_assignments(self.memory.balance(now))
+
+    def _apply_assignments(self, sizes: dict[str, int]) -> None:
+        """Make guest RAM follow the ledger (shrinks come first in `sizes`)."""
+        for pid, size in sizes.items():
             part = self.partitions.by_id.get(pid)
             if part is not None and part.memory is not None:
-                part.memory.resize(size)
+                part.memory.assign(size)
 
     def serve(self, router) -> None:
         self.poller = zmq.Poller()

@@ -103,6 +103,27 @@ class GuestMemory:
         os.ftruncate(fd, new_size)
         self._size = new_size
 
+    def reserve_length(self, length: int) -> None:
+        """Make the file (sparse) `length` long so a guest can map its maximum once: pages
+        beyond the assignment cost nothing until touched, and a mapping may not pass EOF."""
+        fd = self.fileno()
+        if length > os.fstat(fd).st_size:
+            os.ftruncate(fd, length)
+
+    def assign(self, new_size: int) -> None:
+        """Change the assignment while a guest maps the object. Hot-add extends the file;
+        balloon-down punches the released range (the host gets the pages back) but keeps the
+        file's length, so a guest touching a page it was just asked to give up reads zeros
+        instead of dying of SIGBUS (it learns its new size from its next demand report)."""
+        fd = self.fileno()
+        _check_size(new_size)
+        length = os.fstat(fd).st_size
+        if new_size < self._size:
+            punch_hole(fd, new_size, self._size - new_size)
+        elif new_size > length:
+            os.ftruncate(fd, new_size)
+        self._size = new_size
+
     def close(self) -> None:
         """Unlink and close; safe to call any number of times."""
         self._finalizer()

@@ -152,6 +152,7 @@ class MemoryLedger:
         self.capacity = capacity
         self.root_reserve = root_reserve
         self._parts: dict[str, _Partition] = {}
+        self._reclaimed: dict[str, int] = {}
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -194,14 +195,35 @@ class MemoryLedger:
         if pid in self._parts:
             raise HvError("AlreadyExists", f"partition {pid!r} is already in the memory ledger")
         free = self.available
-        if settings.startup > free:
+        # Dynamic partitions above their Minimum can give memory back (balloon) to make room.
+        donors = sorted(((p.settings.priority, p.assigned - p.settings.minimum, q)
+                         for q, p in self._parts.items()
+                         if p.settings.dynamic and p.demand is not None  # booting ones keep Startup
+                         and p.assigned > p.settings.minimum),
+                        key=lambda d: (d[0], -d[1]))
+        if settings.startup > free + sum(d[1] for d in donors):
             raise HvError(
                 "InsufficientMemory",
                 f"Not enough memory in the system to start the virtual machine '{vm_name}': "
-                f"it needs {settings.startup // MIB} MB and {free // MIB} MB is available.",
+                f"it needs {settings.startup // MIB} MB and "
+                f"{(free + sum(d[1] for d in donors)) // MIB} MB is available.",
             )
+        short = settings.startup - free
+        for _, spare, q in donors:  # lowest priority gives first
+            if short <= 0:
+                break
+            give = min(spare, short)
+            donor = self._parts[q]
+            donor.assign(donor.assigned - give, now)
+            self._reclaimed[q] = donor.assigned
+            short -= give
         self._parts[pid] = _Partition(vm_name, settings, now)
         return settings.startup
+
+    def take_reclaimed(self) -> dict[str, int]:
+        """{pid: new assignment} of partitions `admit` shrank to make room (apply, then forget)."""
+        out, self._reclaimed = self._reclaimed, {}
+        return out
 
     def release(self, pid: str) -> int:
         """Free everything the partition held and return how much; unknown pid frees 0."""

@@ -61,6 +61,16 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def schedstat(pid: int) -> tuple[float, float] | None:
+    """(seconds run on a CPU, seconds spent runnable waiting on a run queue)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            fields = f.read().split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def signal_pids(pids, sig: int) -> None:
     for pid in pids:
         try:

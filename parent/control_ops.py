@@ -292,3 +292,7 @@ def get_vmworkerprocess(vmms, req):
         raise HvError("InvalidState", f"VM '{rec.name}' is not running")
     return {"VMName": rec.name, "VMId": rec.id, "ProcessId": rec.worker.pid,
             "GuestProcessId": rec.worker.status.get("guest_pid")}
+
+
+# ops of other areas register into the same table
+from parent import resource_ops  # noqa: E402,F401

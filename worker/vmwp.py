@@ -126,7 +126,11 @@ class Worker:
         processor = cfg.get("processor", {})
         link.send({"t": "boot", "program": cfg.get("guest", "idle"),
                    "vps": processor.get("count", 1), "memory_path": made["memory_path"],
-                   "memory_size": made["memory_size"]})
+                   "memory_size": made["memory_size"], "memory_map_size": made["memory_map_size"],
+                   "dynamic_memory": bool(cfg.get("memory", {}).get("dynamic")),
+                   # the guest's own credential: it may speak only for its partition
+                   "credential": made["credential"],
+                   "hypercall_endpoint": self.home.hypercall_endpoint})
         self.boot_deadline = time.monotonic() + BOOT_DEADLINE
         self.log.info("guest_booting", partition=self.partition_id, guest_pid=guest_pid)
 
@@ -328,6 +332,13 @@ class Worker:
         return {}
 
     # --- the loop -----------------------------------------------------------------------------
+    def await_attach(self, timeout: float = 3.0) -> None:
+        """Serve requests (bounded) until vmms has attached and so seen the final status."""
+        deadline = time.monotonic() + timeout
+        while self.peer is None and time.monotonic() < deadline:
+            if self.server.sock.poll(50):
+                self.server.drain()
+
     def run(self, guest_pid: int, link: guest_link.GuestLink) -> None:
         import zmq
 
@@ -387,6 +398,8 @@ class Worker:
                 self.error = {"code": "Timeout", "message": "the guest did not boot in time"}
                 self._fail_waiters(HvError("Timeout", f"VM '{self.name}' did not boot in time"))
                 self.power_off("the guest did not boot in time")
+        if self.peer is None:
+            self.await_attach()  # a start that failed: vmms must still learn why
         # let the final status and replies reach vmms; destroy closes every socket (a socket
         # left open would make term() wait forever)
         ctx.destroy(linger=500)

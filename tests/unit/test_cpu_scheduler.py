@@ -410,7 +410,7 @@ def test_random_mixes_hold_capacity_caps_and_reserves(case):
             assert e <= s.cap_cpus * PERIOD + 1e-9
         assert st_["consumed"] / (s.count * host.t) * 100 <= s.maximum + 1.0
         if demand >= s.count and s.reserve:          # wants at least its reserve throughout
-            assert st_["entitled"] >= 0.97 * s.reserved_cpus * host.t
+            assert st_["entitled"] >= 0.95 * s.reserved_cpus * host.t  # first period ramps up
         if demand and sum(s.reserved_cpus for s, _ in parts) < cpus - 1e-9:
             assert st_["consumed"] > 0                # with any spare, nobody busy starves
 

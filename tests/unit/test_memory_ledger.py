@@ -404,3 +404,26 @@ def test_shortage_takes_buffers_before_demand_whatever_the_priority(vms, slack):
     ledger.check_invariants()
     for i, (_, demand, _) in enumerate(vms):
         assert demand * GRANULE <= ledger.assigned(f"p{i}") <= ledger.target(f"p{i}")
+
+
+def test_admission_reclaims_from_dynamic_partitions_lowest_priority_first():
+    ledger = MemoryLedger(1024 * MIB, 256 * MIB)
+    for pid, prio in (("a", 90), ("b", 10)):
+        ledger.admit(pid, pid, MemorySettings(dynamic=True, startup=128 * MIB, minimum=64 * MIB,
+                                              maximum=1024 * MIB, priority=prio), 0.0)
+        ledger.report_demand(pid, 600 * MIB)
+    ledger.balance(1.0)
+    assert ledger.available == 0
+    ledger.admit("c", "c", MemorySettings(startup=128 * MIB, minimum=128 * MIB, maximum=128 * MIB), 2.0)
+    a_before = ledger.assigned("a")
+    shrunk = ledger.take_reclaimed()
+    assert list(shrunk) == ["b", "a"]  # the low-priority one gives all it can first
+    assert shrunk["b"] == ledger.assigned("b") == 64 * MIB
+    assert a_before - shrunk["a"] < 128 * MIB
+    ledger.check_invariants()
+    assert ledger.take_reclaimed() == {}
+    with pytest.raises(HvError) as exc:
+        ledger.admit("d", "web9", MemorySettings(startup=700 * MIB, minimum=700 * MIB,
+                                                 maximum=700 * MIB), 3.0)
+    assert exc.value.code == "InsufficientMemory" and "'web9': it needs 700 MB and 512 MB is available" in exc.value.message
+    ledger.check_invariants()

@@ -8,7 +8,6 @@ its program and its integration services (heartbeat, shutdown, console) until to
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import selectors
 import signal
@@ -16,6 +15,7 @@ import time
 
 import setproctitle
 
+from worker.guest.guest_ram import GuestRam
 from worker.guest.programs import RunningProgram, parse_spec
 from worker.guest_link import GuestLink
 
@@ -52,7 +52,7 @@ class Guest:
         self.vm_id = vm_id
         self.program = RunningProgram()
         self.spec = None
-        self.memory: mmap.mmap | None = None
+        self.memory: GuestRam | None = None
         self.running = True
         self.beat = 0
 
@@ -71,13 +71,15 @@ class Guest:
     def boot(self, msg: dict) -> None:
         path, size = msg.get("memory_path"), int(msg.get("memory_size") or 0)
         if path and size:
-            fd = os.open(path, os.O_RDWR)
-            self.memory = mmap.mmap(fd, size, mmap.MAP_SHARED)
-            os.close(fd)
+            self.memory = GuestRam(path, size, int(msg.get("memory_map_size") or size),
+                                   msg.get("credential"), msg.get("hypercall_endpoint"),
+                                   bool(msg.get("dynamic_memory")))
         self.start_program(msg["program"], int(msg.get("vps", 1)))
 
     def start_program(self, spec_text: str, vps: int) -> None:
         self.spec = parse_spec(spec_text)
+        if self.spec.kind == "memory-demand" and self.memory is not None:
+            self.memory.set_target(self.spec.size)
         if self.spec.kind == "cpu-burn":
             self.program.start_burners(vps, f"{self.name} {self.vm_id}")
         elif self.spec.kind == "command":
@@ -97,7 +99,11 @@ class Guest:
                 self.beat += 1
                 self.link.send({"t": "heartbeat", "seq": self.beat})
                 next_beat = now + HEARTBEAT_INTERVAL
-            for key, _ in sel.select(max(0.0, next_beat - time.monotonic())):
+            wake = next_beat
+            if self.memory is not None:
+                self.memory.step(now)
+                wake = now if self.memory.busy() else min(wake, self.memory.next_deadline())
+            for key, _ in sel.select(max(0.0, wake - time.monotonic())):
                 if key.data == "link":
                     for msg in self.link.receive():
                         self.handle(msg)
@@ -122,7 +128,15 @@ class Guest:
 
     def handle(self, msg: dict) -> None:
         kind = msg.get("t")
-        if kind == "shutdown":
+        if kind == "set-program":
+            try:
+                spec = parse_spec(msg.get("program", ""))
+            except Exception:
+                return
+            if spec.kind == "memory-demand" and self.memory is not None:
+                self.spec = spec  # demand changes live; other programs wait for the next boot
+                self.memory.set_target(spec.size)
+        elif kind == "shutdown":
             if self.spec is not None and self.spec.kind == "no-shutdown":
                 return  # a guest that ignores the shutdown service (for testing timeouts)
             self.program.stop()
