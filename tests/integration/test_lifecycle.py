@@ -137,3 +137,33 @@ def test_two_hosts_side_by_side_do_not_see_each_other(request):
     finally:
         stop_host(a, request)
         stop_host(b, request)
+
+
+def test_frozen_guest_loses_heartbeat_and_recovers(host):
+    import os
+    import signal
+    host.new_vm("hb")
+    host.start("hb")
+    guest = host.vm("hb")["GuestProcessId"]
+    wait_until(lambda: host.vm("hb")["Heartbeat"] == "OkApplicationsUnknown", 3, what="first beat")
+    os.kill(guest, signal.SIGSTOP)  # frozen behind the hypervisor's back: not a pause
+    try:
+        vm = wait_until(lambda: (v := host.vm("hb"))["Heartbeat"] == "LostCommunication" and v, 5,
+                        what="LostCommunication after missed beats")
+        assert vm["State"] == "Running" and "Lost communication" in vm["Status"]
+    finally:
+        os.kill(guest, signal.SIGCONT)
+    wait_until(lambda: host.vm("hb")["Heartbeat"] == "OkApplicationsUnknown", 3, what="beats again")
+
+
+def test_guest_that_ignores_shutdown_times_out_and_force_turns_it_off(host):
+    import time
+    host.new_vm("deaf", guest="no-shutdown")
+    host.start("deaf")
+    t0 = time.monotonic()
+    rc, out, err = host.hvctl("stop-vm", "deaf", "--timeout", "1", check=False)
+    assert rc == 1 and out["error"]["code"] == "Timeout" and "--force" in out["error"]["message"]
+    assert time.monotonic() - t0 < 10
+    assert host.vm("deaf")["State"] == "Running"
+    rc, out, _ = host.hvctl("stop-vm", "deaf", "--timeout", "1", "--force")
+    assert out[0]["State"] == "Off"
