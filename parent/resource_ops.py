@@ -44,6 +44,7 @@ def settings_of(m: dict) -> MemorySettings:
 def apply_change(vmms, rec, req, section: str, new: dict, worker_op: str, view):
     """Save `new` as config[section]; through the worker (and hypervisor) first if running."""
     def commit(_res=None):
+        vmms.invalidate_stats()
         rec.config[section] = new
         vmms.save_config(rec)
         vmms.server.reply(req, view(rec))
@@ -120,7 +121,7 @@ def set_vmmemory(vmms, req):
 def measure_vm(vmms, req):
     """Resource metering from the hypervisor's ledgers since the VM started."""
     rec = vm_arg(vmms, req)
-    stats = vmms.partition_stats().get(rec.id) if rec.worker is not None else None
+    stats = vmms.partition_stats(fresh=True).get(rec.id) if rec.worker is not None else None
     if stats is None:
         raise HvError("InvalidState", f"VM '{rec.name}' is not running; metering covers a running VM")
     cpu, mem = stats["cpu"], stats["memory"]

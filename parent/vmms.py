@@ -58,6 +58,7 @@ class Vmms:
         self.by_fd: dict[int, VmRecord] = {}
         self.running = True
         self._hv = None
+        self._stats: tuple[float, dict] | None = None
 
     # --- lookups ------------------------------------------------------------------------------
     def find(self, arg) -> VmRecord:
@@ -101,13 +102,22 @@ class Vmms:
                 self._hv = None  # a restarted hypervisor has a new credential
             raise
 
-    def partition_stats(self) -> dict[str, dict]:
+    STATS_MAX_AGE = 0.2  # CPUUsage is a one-second figure: a 200 ms old reading is as good
+
+    def partition_stats(self, fresh: bool = False) -> dict[str, dict]:
+        """The hypervisor's ledger figures per VM, cached briefly so a burst of get-vm costs
+        one hypercall; any VM state change drops the cache."""
         if not any(r.worker for r in self.vms.values()):
             return {}
+        now = time.monotonic()
+        if not fresh and self._stats is not None and now - self._stats[0] < self.STATS_MAX_AGE:
+            return self._stats[1]
         try:
-            return {p["vm_id"]: p for p in self.hv_call("list-partitions", timeout=1.0)}
+            stats = {p["vm_id"]: p for p in self.hv_call("list-partitions", timeout=1.0)}
         except HvError:
             return {}
+        self._stats = (now, stats)
+        return stats
 
     # --- events and state ---------------------------------------------------------------------
     def publish(self, rec: VmRecord, event: str, **payload) -> None:
@@ -130,7 +140,11 @@ class Vmms:
                 topic = frame[1:] + b"subscribed"
                 self.pub.send_multipart([topic, wire.pack({"Event": "subscribed", "Time": time.time()})])
 
+    def invalidate_stats(self) -> None:
+        self._stats = None
+
     def set_state(self, rec: VmRecord, state: VmState, **payload) -> None:
+        self.invalidate_stats()
         if rec.state != state:
             self.log.info("vm_state", vm_id=rec.id, vm_name=rec.name, old=rec.state.value, new=state.value)
             rec.state = state
@@ -315,6 +329,8 @@ class Vmms:
             action = rec.config["automatic_start_action"]
             if rec.worker is None and (action == "Start" or (action == "StartIfRunning" and rec.config.get("was_running"))):
                 try:
+                    from parent.disk_ops import check_disks_for_start
+                    check_disks_for_start(self, rec)
                     self.lock(rec, "start-vm")
                     self.set_state(rec, VmState.Starting)
                     self.launch(rec)

@@ -50,16 +50,33 @@ def test_cap_holds_a_cpu_burner_to_its_maximum(host):
     assert measured_shares(host, ["capped"], 2.0)["capped"] > 0.6
 
 
+def ledger(host) -> dict:
+    from hypervisor.paths import Home
+    from parent.host_control import hv_client
+    c = hv_client(Home.resolve(host.home))
+    try:
+        return {p["name"]: p["cpu"] for p in c.call("list-partitions")}
+    finally:
+        c.close()
+
+
 def test_weights_split_spare_time(host):
     for name, weight in (("light", 100), ("heavy", 300)):
         host.new_vm(name, guest="cpu-burn", processor_count=2)
         host.hvctl("set-vmprocessor", name, "--relative-weight", str(weight))
     host.start("light", "heavy")
+    before = ledger(host)
     shares = measured_shares(host, ["light", "heavy"], 4.0)
-    assert shares["light"] < 0.85, shares
-    assert shares["heavy"] > 1.6 * shares["light"], shares
+    after = ledger(host)
+    entitled = {n: after[n]["entitled"] - before[n]["entitled"] for n in shares}
+    # the ledger splits the host 1:3 ...
+    assert 2.2 < entitled["heavy"] / entitled["light"] < 3.8, entitled
+    # ... and holds the light VM to its quarter; SIGSTOP can only hold back, so what the heavy
+    # one gets beyond that depends on load outside the partitions (on a quiet host ~1.5 CPUs)
+    assert shares["light"] < 0.7, shares
+    assert shares["heavy"] > shares["light"], shares
     vms = {v["Name"]: v for v in host.call("get-vm")}
-    assert vms["heavy"]["CPUUsage"] > vms["light"]["CPUUsage"]
+    assert vms["heavy"]["CPUUsage"] >= vms["light"]["CPUUsage"]
 
 
 def test_reserve_admission_and_validation(host):
