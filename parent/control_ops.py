@@ -161,6 +161,7 @@ def start_vm(vmms, req):
     """Off or Saved → Running; answers once the guest's first heartbeat arrived."""
     rec = vm_arg(vmms, req)
     begin(rec.state, "start", rec.name)
+    disk_ops.check_disks_for_start(vmms, rec)  # attached disks valid and used by no one else
     vmms.lock(rec, "start-vm")
     try:
         vmms.set_state(rec, VmState.Starting)
@@ -296,3 +297,4 @@ def get_vmworkerprocess(vmms, req):
 
 # ops of other areas register into the same table
 from parent import resource_ops  # noqa: E402,F401
+from parent import disk_ops  # noqa: E402,F401
