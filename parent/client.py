@@ -11,7 +11,7 @@ Ops and their arguments are vmms's control ops (parent/control_ops.py). Errors r
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 from hypervisor.errors import HvError
 from hypervisor.paths import Home
