@@ -36,8 +36,8 @@ Performance: `tick()` is O(n) in partitions; a rate recomputation is O(n log n) 
 water-filling) and happens at most once per period plus once per demand change. The shell is
 woken only when a running, capped partition can first exhaust its budget (remaining / Count:
 it burns at most Count CPUs) or the period ends, never sooner than `min_tick` — no fixed-rate
-polling. An idle partition on a saturated host has a small budget, so it is checked every few
-milliseconds (headroom × period); that is the price of noticing its wake-up promptly.
+polling. An idle partition with neither a cap nor a reserve sets no wake-up of its own: a
+sudden burst from it is seen at the period end and its overrun repaid as debt.
 
 Limits. SIGSTOP can hold a partition back, never push it forward: inside a period the host
 kernel decides who runs first, so a partition with few VPs beside many-VP burners can end a
@@ -192,6 +192,7 @@ class CpuScheduler:
         if not (period > 0 and 0 < min_tick <= period and history_periods >= 1):
             raise HvError("BadRequest", "need period > 0, 0 < min_tick <= period, history >= 1")
         self.host_cpus = host_cpus
+        self.outside_load = 0.0   # CPUs busy outside every partition (root work, other load)
         self.period = period
         self.min_tick = min_tick
         self.history_periods = history_periods
@@ -215,6 +216,13 @@ class CpuScheduler:
                           f"Reserve {settings.reserve} % of {settings.count} VPs needs "
                           f"{settings.reserved_cpus:.2f} CPUs of reserve but only "
                           f"{max(0.0, free):.2f} are available")
+
+    def set_outside_load(self, cpus: float) -> None:
+        """The shell's measure of CPU used outside the partitions (smoothed by the caller)."""
+        cpus = min(max(0.0, float(cpus)), float(self.host_cpus))
+        if abs(cpus - self.outside_load) > 0.02:
+            self.outside_load = cpus
+            self._dirty = True
 
     def reserve_available_percent(self) -> float:
         return max(0.0, (self.host_cpus - self._reserved()) / self.host_cpus * 100)
@@ -270,6 +278,13 @@ class CpuScheduler:
                                p.settings.relative_weight)
                    for pid, p in self._parts.items() if not p.paused}
         rates = allocate(float(self.host_cpus), demands)
+        if self.outside_load > 0 and sum(d.want for d in demands.values()) > self.host_cpus:
+            # Contended, and part of the host is busy outside the partitions, where SIGSTOP
+            # cannot reach: scale entitlements to what is really left, so the split between
+            # partitions keeps its proportions (reserves are never scaled below themselves).
+            scale = max(0.0, self.host_cpus - self.outside_load) / self.host_cpus
+            rates = {k: max(r * scale, min(demands[k].reserve, demands[k].want))
+                     for k, r in rates.items()}
         for pid, p in self._parts.items():
             p.rate = rates.get(pid, 0.0)
         self._dirty = False
@@ -355,7 +370,11 @@ class CpuScheduler:
             elif not throttle and p.throttled_since is not None:
                 p.throttled += (now - p.throttled_since) * p.count
                 p.throttled_since = None
-            if not halt and not p.unlimited():
+            # Wake when a busy, capped or reserved partition can first run out. Any other idle
+            # one is left to the period end: if it wakes up meanwhile, its overrun becomes debt
+            # (at most one period's worth), which saves the shell most wake-ups on a busy host.
+            if not halt and not p.unlimited() and (p.wanting or p.settings.maximum < 100
+                                                   or p.settings.reserve > 0):
                 wake = min(wake, now + remaining / p.count)
         return TickResult(frozenset(stop), frozenset(cont), max(wake, now + self.min_tick))
 

@@ -17,14 +17,15 @@ import psutil
 import setproctitle
 import zmq
 
-from hypervisor import process_tree
+from hypervisor import process_tree, signal_wakeup
 from hypervisor.cpu_scheduler import CpuScheduler, ProcessorSettings
 from hypervisor.errors import HvError
 from hypervisor.guest_memory import GuestMemory, sweep_stale
 from hypervisor.hypercalls import HYPERCALLS, authorize
 from hypervisor.logging_setup import configure
-from hypervisor.memory_ledger import GRANULE, MemoryLedger, MemorySettings, check_running_change
+from hypervisor.memory_ledger import GRANULE, MemoryLedger, MemorySettings
 from hypervisor.partition_table import Partition, PartitionTable, close_fds
+from hypervisor.partition_probe import PartitionProbe
 from hypervisor.paths import Home
 from hypervisor.pidfile import PidFile
 from hypervisor.rpc_server import RpcServer, bind_router
@@ -49,10 +50,9 @@ class Hypervisor:
         self.memory = MemoryLedger(host_memory, root_reserve)
         self.running = True
         self.root_credential = secrets.token_hex(32)
-        # CPU measurement: last reading of every process ever seen in a partition's tree, so
-        # time burnt by a child that has since exited still counts.
-        self._cpu_seen: dict[str, dict[int, tuple[float, float]]] = {}
-        self._members: dict[str, list[int]] = {}
+        self._probes: dict[str, PartitionProbe] = {}  # partition id -> its process tree
+        self._outside_mark: tuple[float, float | None, float] | None = None
+        self._outside = 0.0
         self._next_rescan = 0.0
         self._next_balance = 0.0
 
@@ -106,8 +106,7 @@ class Hypervisor:
         part.guest_pid = guest_pid
         self.partitions.watch(part, fd, "guest")
         self.poller.register(fd, zmq.POLLIN)
-        self._members[part.id] = [guest_pid]
-        self._cpu_seen[part.id] = {}
+        self._probes[part.id] = PartitionProbe(guest_pid)
         self.log.info("guest_attached", partition=part.id, vm_id=part.vm_id, guest_pid=guest_pid)
         return {}
 
@@ -121,13 +120,14 @@ class Hypervisor:
                 pass
             close_fds([fd])
         if self.cpu.is_stopped(part.id) or part.suspended:
-            process_tree.continue_pids(self._members.get(part.id, ()))
+            process_tree.continue_pids(self._members(part.id))
         self.cpu.remove(part.id)
         self.memory.release(part.id)
         if part.memory is not None:
             part.memory.close()
-        self._members.pop(part.id, None)
-        self._cpu_seen.pop(part.id, None)
+        probe = self._probes.pop(part.id, None)
+        if probe is not None:
+            probe.close()
         self.log.info("partition_freed", partition=part.id, vm_id=part.vm_id, reason=reason)
 
     def set_suspended(self, part: Partition, suspended: bool) -> dict:
@@ -137,7 +137,9 @@ class Hypervisor:
         self.cpu.set_paused(part.id, suspended)
         if suspended:
             # stop synchronously (fresh /proc scan) so the reply means "really stopped"
-            self._members[part.id] = process_tree.stop_tree(part.guest_pid)
+            process_tree.signal_pids(self._probes[part.id].members, signal.SIGSTOP)
+            new = self._probes[part.id].rescan()  # a member forked meanwhile: stop it too
+            process_tree.signal_pids(new, signal.SIGSTOP)
         self._tick(time.monotonic(), rescan=False)
         return {"suspended": suspended}
 
@@ -184,36 +186,44 @@ class Hypervisor:
         role = part.fds.get(fd, "process")
         self.free_partition(part, f"{role} exited")
 
-    def _measure(self, now: float, rescan: bool) -> tuple[dict[str, float], dict[str, float]]:
+    def _measure(self, rescan: bool) -> tuple[dict[str, float], dict[str, float]]:
         """Cumulative (CPU seconds, run-queue wait seconds) of every partition's tree."""
-        cmap = process_tree.children_map() if rescan else None
         usage: dict[str, float] = {}
         waiting: dict[str, float] = {}
         for part in self.partitions:
-            if part.guest_pid is None:
+            probe = self._probes.get(part.id)
+            if probe is None:
                 continue
-            if cmap is not None:
-                members = process_tree.tree(part.guest_pid, cmap)
-                new = set(members) - set(self._members.get(part.id, ()))
+            if rescan:
+                new = probe.rescan()
                 if new and (self.cpu.is_stopped(part.id) or part.suspended):
                     process_tree.signal_pids(new, signal.SIGSTOP)  # no escape by forking
-                self._members[part.id] = members
-            seen = self._cpu_seen.setdefault(part.id, {})
-            for pid in self._members.get(part.id, ()):
-                t = process_tree.schedstat(pid)
-                if t is not None:
-                    seen[pid] = t
-            usage[part.id] = sum(run for run, _ in seen.values())
-            waiting[part.id] = sum(wait for _, wait in seen.values())
+            usage[part.id], waiting[part.id] = probe.read()
         return usage, waiting
 
+    def _measure_outside_load(self, now: float, partitions_cpu: float) -> None:
+        """CPU busy outside every partition (from /proc/stat), smoothed, for the scheduler."""
+        busy = process_tree.host_busy_seconds()
+        prev, self._outside_mark = self._outside_mark, (now, busy, partitions_cpu)
+        if prev is None or busy is None or prev[1] is None or now - prev[0] < 0.05:
+            return
+        outside = ((busy - prev[1]) - (partitions_cpu - prev[2])) / (now - prev[0])
+        self._outside = 0.7 * self._outside + 0.3 * max(0.0, outside)
+        self.cpu.set_outside_load(self._outside)
+
+    def _members(self, partition_id: str) -> list[int]:
+        probe = self._probes.get(partition_id)
+        return probe.members if probe is not None else []
+
     def _tick(self, now: float, rescan: bool) -> float:
-        usage, waiting = self._measure(now, rescan)
+        usage, waiting = self._measure(rescan)
+        if rescan:
+            self._measure_outside_load(now, sum(usage.values()))
         result = self.cpu.tick(now, usage, waiting)
         for pid in result.stop:
-            process_tree.signal_pids(self._members.get(pid, ()), signal.SIGSTOP)
+            process_tree.signal_pids(self._members(pid), signal.SIGSTOP)
         for pid in result.cont:
-            process_tree.continue_pids(self._members.get(pid, ()))
+            process_tree.continue_pids(self._members(pid))
         return result.next_wakeup
 
     def _balance(self, now: float) -> None:
@@ -229,10 +239,7 @@ class Hypervisor:
     def serve(self, router) -> None:
         self.poller = zmq.Poller()
         self.poller.register(router, zmq.POLLIN)
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wfd)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)  # handler only wakes the loop via the pipe
+        rfd = signal_wakeup.install()
         self.poller.register(rfd, zmq.POLLIN)
         server = RpcServer(router, {name: (lambda req, h=h.handler: h(self, req))
                                     for name, h in HYPERCALLS.items()},
@@ -246,8 +253,7 @@ class Hypervisor:
                     if sock is router:
                         server.drain()
                     elif sock == rfd:
-                        data = os.read(rfd, 64)
-                        if any(b in (signal.SIGTERM, signal.SIGINT) for b in data):
+                        if signal_wakeup.stop_requested(rfd):
                             self.running = False
                     else:
                         self._on_pidfd(sock)
@@ -265,7 +271,7 @@ class Hypervisor:
                     next_wakeup = min(next_wakeup, self._next_balance)
         finally:
             for part in self.partitions:  # never leave anything stopped behind
-                process_tree.continue_pids(self._members.get(part.id, ()))
+                process_tree.continue_pids(self._members(part.id))
                 self.free_partition(part, "hypervisor exiting")
 
 

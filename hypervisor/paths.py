@@ -40,6 +40,19 @@ class Home:
         return self.run_dir / "w"
 
     @property
+    def drivers_dir(self) -> Path:
+        """Driver hosts' sockets and pid files (`run/d/<driver>.sock`, `.pid`)."""
+        return self.run_dir / "d"
+
+    def driver_socket(self, driver: str) -> Path:
+        path = self.drivers_dir / f"{driver}.sock"
+        self._ipc(path)  # the same length limit as every ipc endpoint
+        return path
+
+    def driver_pidfile(self, driver: str) -> Path:
+        return self.drivers_dir / f"{driver}.pid"
+
+    @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
@@ -75,6 +88,10 @@ class Home:
     def worker_pidfile(self, vm_id: str) -> Path:
         return self.workers_dir / f"{vm_id}.pid"
 
+    def worker_exit_file(self, vm_id: str) -> Path:
+        """A worker's last status, written just before it exits (read by vmms at its exit)."""
+        return self.workers_dir / f"{vm_id}.exit"
+
     def pidfile(self, daemon: str) -> Path:
         return self.run_dir / f"{daemon}.pid"
 
@@ -92,10 +109,12 @@ class Home:
         """Create the home's folders; the run directory is private (0700)."""
         old = os.umask(0o077)
         try:
-            for d in (self.root, self.vms_dir, self.logs_dir, self.run_dir, self.workers_dir):
+            for d in (self.root, self.vms_dir, self.logs_dir, self.run_dir, self.workers_dir,
+                      self.drivers_dir):
                 d.mkdir(parents=True, exist_ok=True)
             os.chmod(self.run_dir, 0o700)
             os.chmod(self.workers_dir, 0o700)
+            os.chmod(self.drivers_dir, 0o700)
         finally:
             os.umask(old)
         self._ipc(self.workers_dir / ("0" * 36 + ".sock"))  # fail early if the home is too deep

@@ -1,8 +1,7 @@
 """Real processes as the hypervisor sees them: process trees, CPU time, stop/continue, deaths.
 
-Performance: one `/proc` scan builds the parent→children map for every partition at once
-(`ChildrenMap`), so the scheduler rescans the whole tree once per period, not once per
-partition; per-tick CPU reads touch only `/proc/<pid>/schedstat` of known members.
+The scheduler's per-tick measurement lives in partition_probe.py; this module holds the
+one-off operations (a worker killing its guest's whole tree, the hypervisor freezing one).
 Deaths are noticed through pidfds (DESIGN.md §8), never by polling `ps`.
 """
 from __future__ import annotations
@@ -30,45 +29,44 @@ def is_zombie_or_gone(pid: int) -> bool:
     return data[data.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
 
 
-def children_map() -> dict[int, list[int]]:
-    """ppid -> [pid] for every process on the machine (one /proc scan)."""
-    cmap: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+def children(pid: int) -> list[int]:
+    """Direct children of pid, from /proc/<pid>/task/<tid>/children (a fork from any thread)."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
             continue
-        ppid = ppid_of(int(entry))
-        if ppid is not None:
-            cmap.setdefault(ppid, []).append(int(entry))
-    return cmap
+    return out
 
 
-def tree(root: int, cmap: dict[int, list[int]]) -> list[int]:
-    """root and all its descendants in `cmap`."""
+def tree(root: int) -> list[int]:
+    """root and all its descendants; the cost grows with the tree, not the machine."""
     out, stack = [], [root]
     while stack:
         pid = stack.pop()
         out.append(pid)
-        stack.extend(cmap.get(pid, ()))
+        stack.extend(children(pid))
     return out
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time the process has run, from /proc/<pid>/schedstat (nanoseconds)."""
-    try:
-        with open(f"/proc/{pid}/schedstat", "rb") as f:
-            return int(f.read().split()[0]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def schedstat(pid: int) -> tuple[float, float] | None:
-    """(seconds run on a CPU, seconds spent runnable waiting on a run queue)."""
+def host_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (all CPUs), from /proc/stat."""
     try:
-        with open(f"/proc/{pid}/schedstat", "rb") as f:
-            fields = f.read().split()
-        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
-    except (OSError, ValueError, IndexError):
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    except (OSError, ValueError):
         return None
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
 def signal_pids(pids, sig: int) -> None:
@@ -77,18 +75,6 @@ def signal_pids(pids, sig: int) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def stop_tree(root: int) -> list[int]:
-    """SIGSTOP root's whole tree; repeat until no new member appears (a fork race)."""
-    stopped: set[int] = set()
-    for _ in range(5):
-        members = [p for p in tree(root, children_map()) if p not in stopped]
-        if not members:
-            break
-        signal_pids(members, signal.SIGSTOP)
-        stopped.update(members)
-    return sorted(stopped)
 
 
 def continue_pids(pids) -> None:

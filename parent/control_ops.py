@@ -196,13 +196,21 @@ def stop_vm(vmms, req):
     else:
         begin(rec.state, "stop", rec.name)
         vmms.lock(rec, "stop-vm")
-    deadline = time.monotonic() + timeout + 10.0
+    # Success is the worker's exit (answered by the exit waiter), whatever order its reply and
+    # its exit arrive in; only a refusal from a worker that keeps running answers here.
+    waiter = (vmms.answer(req, rec), time.monotonic() + timeout + 10.0)
+    rec.exit_waiters.append(waiter)
+    handle = rec.worker
 
-    def on_ok(_res):
-        rec.exit_waiters.append((vmms.answer(req, rec), deadline))  # answered once the worker exited
-        rec.busy = "stop-vm"
+    def refused(ok: bool, err) -> None:
+        if ok or rec.worker is not handle or waiter not in rec.exit_waiters:
+            return
+        rec.exit_waiters.remove(waiter)
+        rec.busy = None
+        vmms.server.reply_error(req, err)
     args = {"mode": "turn-off" if turn_off else "shutdown", "force": force, "timeout": timeout}
-    return vmms.worker_call(rec, req, "stop", args, timeout=timeout + 5.0, on_ok=on_ok)
+    handle.send("stop", args, refused, timeout + 5.0)
+    return DEFERRED
 
 
 @control_op("suspend-vm")
@@ -298,3 +306,4 @@ def get_vmworkerprocess(vmms, req):
 # ops of other areas register into the same table
 from parent import resource_ops  # noqa: E402,F401
 from parent import disk_ops  # noqa: E402,F401
+from parent import driver_ops, integration_ops  # noqa: E402,F401

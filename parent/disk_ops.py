@@ -154,6 +154,21 @@ def drives_of(rec) -> list[dict]:
     return list(rec.config.get(DRIVES_KEY) or [])
 
 
+STORAGE_DRIVER = "storvsp"
+
+
+def storage_devices(rec) -> list[dict]:
+    """The VMBus devices a VM's drives become when it starts: one `storvsp` channel per drive,
+    in controller-location order (the guest's first disk is the lowest location). The instance
+    id is stable per VM and location, so a re-offered disk is the same device to the guest."""
+    import uuid
+    return [{"driver": STORAGE_DRIVER,
+             "instance_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hvemu:{rec.id}:scsi:"
+                                                             f"{d['controller_number']}:{d['controller_location']}")),
+             "settings": {"path": d["path"], "controller_location": str(d["controller_location"])}}
+            for d in sorted(drives_of(rec), key=lambda d: d["controller_location"])]
+
+
 def drive_view(rec, drive: dict) -> dict:
     """Get-VMHardDiskDrive's object for one drive."""
     ctype, number, location = (drive["controller_type"], drive["controller_number"],

@@ -125,7 +125,7 @@ def measure_vm(vmms, req):
     if stats is None:
         raise HvError("InvalidState", f"VM '{rec.name}' is not running; metering covers a running VM")
     cpu, mem = stats["cpu"], stats["memory"]
-    disk = stats.get("disk", {})
+    disk = stats.get("disk") or vmms.disk_meter.totals(rec.id)   # from the storage driver, not the hypervisor
     return {"VMName": rec.name, "AvgCPU": round(cpu.get("avg_cpu_percent", 0.0), 3),
             "CPUTime": round(cpu.get("consumed", 0.0), 6),
             "ThrottledTime": round(cpu.get("throttled", 0.0), 6),

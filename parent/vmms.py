@@ -12,6 +12,7 @@ workers again through their pid files (one asynchronous attach per VM).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import setproctitle
 
+from hypervisor import signal_wakeup
 from hypervisor.errors import HvError
 from hypervisor.paths import Home
 from hypervisor.pidfile import PidFile, read_pid, holder_pid
@@ -74,6 +76,17 @@ class Vmms:
         if len(lowered) == 1:
             return lowered[0]
         raise HvError("NotFound", f"no VM named or with Id '{arg}'")
+
+    def watch_fd(self, fd: int, callback) -> None:
+        self.fd_handlers[fd] = callback
+        self.poller.register(fd, self.zmq.POLLIN)
+
+    def unwatch_fd(self, fd: int) -> None:
+        if self.fd_handlers.pop(fd, None) is not None:
+            try:
+                self.poller.unregister(fd)
+            except KeyError:
+                pass
 
     def lock(self, rec: VmRecord, op: str) -> None:
         if rec.busy is not None:
@@ -156,8 +169,12 @@ class Vmms:
     # --- workers ----------------------------------------------------------------------------
     def launch(self, rec: VmRecord) -> None:
         from parent.worker_supervisor import WorkerHandle
+        from parent import driver_ops, integration_ops
+        driver_ops.ensure_for(self, rec)  # the driver hosts its devices need
+        self.disk_meter.vm_started(rec.id)
         launch = {"vm_id": rec.id, "name": rec.name, "home": str(self.home.root),
-                  "config": {k: rec.config[k] for k in ("guest", "processor", "memory")}}
+                  "config": {**{k: rec.config[k] for k in ("guest", "processor", "memory")},
+                             **integration_ops.launch_config(self, rec)}}
         pid = self.forkserver.launch(launch)
         self.adopt(rec, WorkerHandle(self.ctx, self.home, rec.id, pid, self.on_worker_status))
 
@@ -188,7 +205,16 @@ class Vmms:
 
     def on_worker_exit(self, rec: VmRecord) -> None:
         handle = rec.worker
-        handle.on_readable()  # the final status and replies come before the exit
+        handle.on_readable()  # replies still queued
+        # The pidfd may fire before ZeroMQ delivered the final status: the worker also left it
+        # in a file. No file and no final status = the worker died (a crash).
+        exit_file = self.home.worker_exit_file(rec.id)
+        if handle.status.get("state") != "Off":
+            try:
+                handle.status = json.loads(exit_file.read_text())
+            except (OSError, ValueError):
+                pass
+        exit_file.unlink(missing_ok=True)
         status = handle.status
         reason = status.get("exit_reason") or "worker process exited"
         error = status.get("error")
@@ -198,9 +224,9 @@ class Vmms:
         self.poller.unregister(handle.sock)
         self.by_fd.pop(handle.pidfd, None)
         self.socks.pop(handle.sock, None)
+        rec.worker = None  # before failing what was pending: a stop's callback sees it is done
         handle.fail_pending(HvError("InvalidState", f"VM '{rec.name}' turned off: {reason}"))
         handle.close()
-        rec.worker = None
         rec.config["last_exit_reason"] = reason
         if not self.host_stopping:
             rec.config["was_running"] = False
@@ -233,6 +259,8 @@ class Vmms:
                 continue
             rec.state = VmState.Running  # provisional; the attach answer tells the truth
             self.adopt(rec, handle)
+            from parent import driver_ops
+            driver_ops.ensure_for(self, rec)  # its devices' driver hosts (they exit with vmms)
             self.log.info("worker_reattached", vm_id=vm_id, vm_name=rec.name, pid=pid)
 
     def worker_call(self, rec: VmRecord, req: Request, op: str, args: dict,
@@ -362,11 +390,14 @@ class Vmms:
         self.poller = zmq.Poller()
         self.poller.register(router, zmq.POLLIN)
         self.socks: dict = {}
+        self.fd_handlers: dict = {}   # fd -> callback (driver hosts: parent/driver_supervisor.py)
+        from parent import driver_ops
+        driver_ops.setup(self)
+        from parent.disk_metering import DiskMeter
+        self.disk_meter = DiskMeter()        # measure-vm's disk bytes, from the storage driver
+        self.drivers.on_stats = self.disk_meter.observe
         self.host_stopping = False
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wfd)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
+        rfd = signal_wakeup.install()
         self.poller.register(rfd, zmq.POLLIN)
         self.poller.register(self.pub, zmq.POLLIN)
         for config in self.store.load_all(self.log):
@@ -381,7 +412,7 @@ class Vmms:
                     if sock is router:
                         self.server.drain()
                     elif sock == rfd:
-                        if any(s in os.read(rfd, 64) for s in (signal.SIGTERM, signal.SIGINT)):
+                        if signal_wakeup.stop_requested(rfd):
                             self.running = False
                     elif sock is self.pub:
                         self.confirm_subscriptions()
@@ -390,11 +421,15 @@ class Vmms:
                     elif sock in self.socks:
                         rec = self.socks[sock]
                         rec.worker.on_readable()
+                    elif sock in self.fd_handlers:
+                        self.fd_handlers[sock]()
                 now = time.monotonic()
                 if now >= next_expire:
                     next_expire = now + 0.1
                     self.expire_waiters()
+                    self.drivers.tick(now)
         finally:
+            self.drivers.close()
             self.pub.close(0)
             router.close(0)
             for rec in self.vms.values():

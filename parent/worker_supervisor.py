@@ -71,8 +71,9 @@ class WorkerHandle:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
-        self.sock.setsockopt(zmq.RECONNECT_IVL, 5)
-        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        # vmms connects as soon as the worker is forked, before it has bound: retry fast
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 2)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 10)
         self.sock.connect(home.worker_endpoint(vm_id))
         self.pending: dict[str, tuple[Callback, float]] = {}
         self.status: dict = {}
@@ -143,7 +144,7 @@ def find_live_workers(home: Home) -> tuple[dict[str, int], list[Path]]:
             sock = path.with_suffix(".sock")
             if sock.exists():
                 stale.append(sock)
-    for sock in home.workers_dir.glob("*.sock"):
-        if sock.stem not in live and sock not in stale:
-            stale.append(sock)
+    for extra in (*home.workers_dir.glob("*.sock"), *home.workers_dir.glob("*.exit")):
+        if extra.stem not in live and extra not in stale:
+            stale.append(extra)
     return live, stale

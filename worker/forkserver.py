@@ -9,6 +9,7 @@ and exits when vmms goes away (EOF); the workers, in their own sessions, keep ru
 """
 from __future__ import annotations
 
+import gc
 import os
 import selectors
 import signal
@@ -82,6 +83,9 @@ def serve(sock: socket.socket) -> None:
         if not isinstance(launch, dict):
             send_msg(sock, {"error": "bad fork-server request"})
             continue
+        # Freeze what is imported so far: a child's garbage collection then never touches (and
+        # so never copies) the pages it shares with this process.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             try:

@@ -1,14 +1,18 @@
 """The private link between a worker and its guest: a SOCK_SEQPACKET socketpair carrying one
 msgpack map per packet (message boundaries for free, no framing code).
 
-It is the seam the integration services ride on until VMBus carries them: boot, heartbeat,
-shutdown, console. Both ends are non-blocking; a peer that vanished reads as `closed`.
+It carries what is not VMBus data: boot, console bytes (COM1), program halts, and the VMBus
+connection itself — offers, opens, rescinds — whose open results carry each channel's region
+and doorbells as descriptors (SCM_RIGHTS). Only the guest's end accepts descriptors; any that
+a guest sends the worker are closed unread. Both ends are non-blocking; a peer that vanished
+reads as `closed`.
 """
 from __future__ import annotations
 
 import socket
 
-import msgpack
+from hypervisor import wire
+from worker.vmbus.transport import receive_messages
 
 MAX_PACKET = 64 * 1024
 
@@ -19,43 +23,39 @@ def pair() -> tuple[socket.socket, socket.socket]:
 
 
 class GuestLink:
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, accept_fds: bool = False):
         self.sock = sock
         self.sock.setblocking(False)
+        self.accept_fds = accept_fds
         self.closed = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, msg: dict) -> bool:
+    def send(self, msg: dict, fds: list[int] = ()) -> bool:
+        """False when the link is full (the peer is stopped or slow; dropping a beat is fine)
+        or closed. Descriptors are duplicated into the peer; the caller keeps its own."""
+        if self.closed:
+            return False
+        data = wire.pack(msg)
         try:
-            self.sock.send(msgpack.packb(msg, use_bin_type=True))
+            if fds:
+                socket.send_fds(self.sock, [data], list(fds))
+            else:
+                self.sock.send(data)
             return True
         except (BlockingIOError, InterruptedError):
-            return False  # full: the peer is stopped or slow; dropping a beat is fine
+            return False
         except OSError:
             self.closed = True
             return False
 
     def receive(self) -> list[dict]:
-        out = []
-        while True:
-            try:
-                data = self.sock.recv(MAX_PACKET)
-            except (BlockingIOError, InterruptedError):
-                return out
-            except OSError:
-                self.closed = True
-                return out
-            if not data:
-                self.closed = True
-                return out
-            try:
-                msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
-            except Exception:
-                continue  # a garbled packet from a guest is ignored, never fatal
-            if isinstance(msg, dict):
-                out.append(msg)
+        """Messages waiting now. A message's descriptors are in msg["fds"] (guest end only)."""
+        msgs, closed = receive_messages(self.sock, self.accept_fds)
+        if closed:
+            self.closed = True
+        return msgs
 
     def close(self) -> None:
         self.closed = True

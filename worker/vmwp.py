@@ -18,11 +18,13 @@ import time
 
 import setproctitle
 
+from hypervisor import signal_wakeup
 from hypervisor.errors import HvError
 from hypervisor.paths import Home
 from hypervisor.pidfile import PidFile, read_pid
 from worker import guest_link
 from worker.guest.runtime import guest_main
+from worker.vm_services import VmServices
 from worker.vm_state import VmState, begin, result
 from worker.worker_defs import NOTIFY_STATUS, STOP_TIMEOUT_DEFAULT
 
@@ -76,6 +78,7 @@ class Worker:
         self.expected_guest_exit = False
         self.done = False
         self.boot_deadline = time.monotonic() + BOOT_DEADLINE
+        self.services = None               # VmServices: VMBus, integration services, COM ports
 
     # --- status -----------------------------------------------------------------------------
     def status(self) -> dict:
@@ -99,6 +102,9 @@ class Worker:
     def _update_heartbeat(self) -> None:
         if self.state == VmState.Paused:
             hb = "Paused"
+        elif self.state in (VmState.Running, VmState.Stopping) and self.services is not None \
+                and not self.services.heartbeat_enabled():
+            hb = "Disabled"
         elif self.state not in (VmState.Running, VmState.Stopping) or self.last_beat is None:
             hb = "NoContact"
         elif time.monotonic() - self.last_beat > HEARTBEAT_LOST_AFTER:
@@ -109,6 +115,9 @@ class Worker:
             self.heartbeat = hb
             self.log.info("heartbeat", status=hb)
             self.notify()
+
+    def refresh_heartbeat(self) -> None:
+        self._update_heartbeat()
 
     # --- partition and guest --------------------------------------------------------------
     def boot(self, guest_pid: int, link: guest_link.GuestLink) -> None:
@@ -140,7 +149,7 @@ class Worker:
             return
         self.expected_guest_exit = True
         from hypervisor import process_tree
-        members = process_tree.tree(self.guest_pid, process_tree.children_map())
+        members = process_tree.tree(self.guest_pid)
         process_tree.signal_pids(members, signal.SIGKILL)
         process_tree.continue_pids(members)
         self._reap_guest(block=True)
@@ -165,6 +174,8 @@ class Worker:
             self.link = None
         self.guest_pid = None
         self.last_beat = None
+        if self.services is not None:
+            self.services.guest_gone()  # every channel of that guest ends
         return status
 
     def free_partition(self) -> None:
@@ -187,28 +198,42 @@ class Worker:
     def on_guest_messages(self) -> None:
         for msg in self.link.receive() if self.link else ():
             kind = msg.get("t")
-            if kind == "heartbeat":
-                first = self.last_beat is None
-                self.last_beat = time.monotonic()
-                if first and self.state in (VmState.Starting, VmState.Reset):
-                    self.running_since = time.time()
-                    self.set_state(VmState.Running)
-                    for req in self.waiters:
-                        self.server.reply(req, self.status())
-                    self.waiters.clear()
-                self._update_heartbeat()
+            if self.services is not None and self.services.on_guest_message(msg):
+                continue  # VMBus: offers, opens, closes (heartbeats ride on their own channel)
             elif kind == "console":
                 self.console_write(msg.get("data", b""))
             elif kind in ("halt", "shutdown-ack"):
                 self.expected_guest_exit = True
                 self.exit_reason = msg.get("reason", "guest shut down")
 
+    def on_heartbeat(self) -> None:
+        """A beat on the Heartbeat integration service's channel."""
+        first = self.last_beat is None
+        self.last_beat = time.monotonic()
+        if first:
+            self.guest_ready()
+        self._update_heartbeat()
+
+    def guest_ready(self) -> None:
+        """The guest is up (its first heartbeat, or its VMBus contact without heartbeats)."""
+        if self.state in (VmState.Starting, VmState.Reset):
+            self.running_since = time.time()
+            self.set_state(VmState.Running)
+            for req in self.waiters:
+                self.server.reply(req, self.status())
+            self.waiters.clear()
+
     def console_write(self, data) -> None:
+        if isinstance(data, bytes) and data and self.services is not None:
+            self.services.console_output(data)  # COM1
         if isinstance(data, bytes) and data:
             with open(self.home.vm_dir(self.vm_id) / "console.log", "ab") as f:
                 f.write(data[-65536:])
 
     def on_guest_exit(self) -> None:
+        self.on_guest_messages()  # what the guest said before it went (halt, ...)
+        if self.services is not None:
+            self.services.tick(time.monotonic())  # ... and what is still in its rings
         status = self._reap_guest(block=True)
         if self.expected_guest_exit:
             reason = self.exit_reason or "guest shut down"
@@ -252,12 +277,23 @@ class Worker:
         if self.stop_request is not None:
             raise HvError("Busy", f"VM '{self.name}' is already shutting down")
         begin(self.state, "stop", self.name)
+        if not self.services.shutdown_enabled():
+            if not force:
+                raise HvError("InvalidState", f"the Shutdown integration service of VM '{self.name}' "
+                                              "is disabled; use --force or --turn-off")
+            self.set_state(VmState.Stopping)
+            self.power_off("turned off (the Shutdown integration service is disabled)")
+            return {"state": "Off", "forced": True}
         if self.state == VmState.Paused:
             self._resume_partition()
         self.set_state(VmState.Stopping)
-        self.link.send({"t": "shutdown"})
+        self.services.request_shutdown("stop-vm", self._shutdown_accepted)
         self.stop_request = (req, time.monotonic() + float(timeout), force)
         return self.server_deferred
+
+    def _shutdown_accepted(self) -> None:
+        self.expected_guest_exit = True
+        self.exit_reason = "guest shut down"
 
     def check_stop_deadline(self) -> None:
         if self.stop_request is None or time.monotonic() < self.stop_request[1]:
@@ -268,6 +304,7 @@ class Worker:
             self.power_off("turned off after the guest did not shut down in time")
             self.server.reply(req, {"state": "Off", "forced": True})
         else:
+            self.services.cancel_shutdown()
             self.set_state(VmState.Running)
             self.server.reply_error(req, HvError(
                 "Timeout", f"the guest of VM '{self.name}' did not shut down in time; "
@@ -291,6 +328,8 @@ class Worker:
             self.paused_total += time.time() - self.paused_since
             self.paused_since = None
         self.last_beat = time.monotonic()  # the guest was frozen, not lost
+        if self.services is not None:
+            self.services.resumed()
 
     def op_resume(self, req):
         begin(self.state, "resume", self.name)
@@ -358,10 +397,10 @@ class Worker:
         self.server = RpcServer(router, handlers, self.log)
         self.poller = zmq.Poller()
         self.poller.register(router, zmq.POLLIN)
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wfd)
-        signal.signal(signal.SIGTERM, lambda *_: None)
+        rfd = signal_wakeup.install((signal.SIGTERM,))
         self.poller.register(rfd, zmq.POLLIN)
+        self.services = VmServices(self)
+        handlers.update(self.services.ops())
         hv_pid = read_pid(self.home.pidfile("hypervisor"))
         hv_fd = os.pidfd_open(hv_pid) if hv_pid else None
         if hv_fd is not None:
@@ -381,7 +420,7 @@ class Worker:
                 if sock is router:
                     self.server.drain()
                 elif sock == rfd:
-                    if signal.SIGTERM in os.read(rfd, 64):
+                    if signal_wakeup.stop_requested(rfd):
                         self.power_off("worker terminated")
                 elif self.link is not None and sock == self.link.fileno():
                     self.on_guest_messages()
@@ -389,20 +428,35 @@ class Worker:
                     self.on_guest_exit()
                 elif sock == hv_fd:
                     self.log.warning("hypervisor_gone")
+                    self.partition_id = None  # nothing left to free: do not wait for an answer
                     self.power_off("the hypervisor stopped (host crash)")
+                elif sock in self.services.fds:
+                    self.services.fds[sock]()  # channels, driver hosts, COM ports
             if self.done:
                 break
             self._update_heartbeat()
+            self.services.tick(time.monotonic())
             self.check_stop_deadline()
             if self.state in (VmState.Starting, VmState.Reset) and time.monotonic() > self.boot_deadline:
                 self.error = {"code": "Timeout", "message": "the guest did not boot in time"}
                 self._fail_waiters(HvError("Timeout", f"VM '{self.name}' did not boot in time"))
                 self.power_off("the guest did not boot in time")
+        self.services.close()
         if self.peer is None:
             self.await_attach()  # a start that failed: vmms must still learn why
         # let the final status and replies reach vmms; destroy closes every socket (a socket
         # left open would make term() wait forever)
         ctx.destroy(linger=500)
+
+
+def write_exit_status(home: Home, vm_id: str, status: dict) -> None:
+    """Leave the final status in a file: vmms may notice the exit (pidfd) before ZeroMQ has
+    delivered the same status, and must not take a clean stop for a crash."""
+    import json
+    path = home.worker_exit_file(vm_id)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status))
+    os.replace(tmp, path)
 
 
 def worker_main(launch: dict) -> None:
@@ -419,6 +473,7 @@ def worker_main(launch: dict) -> None:
         log = configure(home.logs_dir, "vmwp")
         worker = Worker(home, vm_id, name, dict(launch["config"]), log)
         worker.run(guest_pid, link)
+        write_exit_status(home, vm_id, worker.status())
     except BaseException:
         import traceback
         traceback.print_exc()

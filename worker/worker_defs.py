@@ -18,6 +18,17 @@ WORKER_OPS: dict[str, str] = {
     "set-guest": "args {guest: SPEC}: the guest program changes live where it can",
     "set-processor": "args {processor: {...}}: live CPU settings through the hypervisor",
     "set-memory": "args {memory: {...}}: live memory settings through the hypervisor",
+    # VMBus devices, integration services and COM ports (worker/vm_services.py)
+    "kvp-get": "args {pool: guest|host}: the KVP items of that pool",
+    "kvp-set": "args {items: {key: value}}: host items, pushed to the guest",
+    "kvp-remove": "args {keys: [key]}: host items removed, in the guest too",
+    "set-integration-service": "args {name, enabled}: offer or rescind the service's channel",
+    "get-integration-services": "the services with Enabled and status descriptions",
+    "set-comport": "args {number: 1|2, path}: serve COM<number> at a Unix socket ('' stops)",
+    "add-device": "args {driver, instance_id, settings}: a driver device, offered hot",
+    "remove-device": "args {instance_id}: rescind a driver device",
+    "get-devices": "the VM's driver devices with their channel states",
+    "driver-state": "args {driver, state: Running|Restarting|Failed, reason}: from vmms's supervisor",
 }
 
 NOTIFY_STATUS = "status"

@@ -60,6 +60,7 @@ def cli(ctx):
 def register_commands() -> None:
     from parent.cli import host_commands, resource_commands, vm_commands  # noqa: F401  (they attach to `cli`)
     from parent.cli import disk_commands  # noqa: F401
+    from parent.cli import driver_commands, integration_commands  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -451,3 +451,21 @@ def test_random_events_keep_invariants(case, events):
     rows = [host.sched.stats(pid)["periods"] for pid in live]
     for k in range(min(map(len, rows), default=0)):
         assert sum(r[k][0] for r in rows) <= cpus * PERIOD * (1 + 1e-6)
+
+
+def test_outside_load_scales_a_contended_split_but_not_a_lone_partition():
+    sched = CpuScheduler(2, period=0.1)
+    sched.add("light", ProcessorSettings(count=2, relative_weight=100), now=0.0)
+    sched.add("heavy", ProcessorSettings(count=2, relative_weight=300), now=0.0)
+    sched.set_outside_load(0.4)
+    sched.tick(0.0, {"light": 0.0, "heavy": 0.0})
+    sched.tick(0.1, {"light": 0.04, "heavy": 0.12})
+    sched.tick(0.2, {"light": 0.08, "heavy": 0.24})
+    last = {p: sched.stats(p)["periods"][-1][0] for p in ("light", "heavy")}
+    assert last["heavy"] == pytest.approx(3 * last["light"], rel=0.01)
+    assert last["light"] + last["heavy"] == pytest.approx(0.16, rel=0.01)  # (2 - 0.4) CPUs
+    lone = CpuScheduler(2, period=0.1)
+    lone.add("solo", ProcessorSettings(count=2), now=0.0)
+    lone.set_outside_load(0.4)
+    res = lone.tick(0.0, {"solo": 0.0})
+    assert not res.stop and lone.budget("solo") >= 0.19  # uncontended: may use all it can

@@ -18,7 +18,7 @@ import time
 
 MIB = 1 << 20
 REPORT_INTERVAL = 0.5
-TOUCH_STEP = 128 * MIB
+TOUCH_STEP = 32 * MIB
 _CHUNK = b"\x5a" * MIB
 
 
@@ -82,7 +82,11 @@ class GuestRam:
             return  # the next report retries; the guest keeps what it has meanwhile
         assigned = int(reply.get("assigned", self.assigned))
         if assigned < self.touched:
-            self.touched = assigned // mmap.PAGESIZE * mmap.PAGESIZE  # ballooned away
+            # Ballooned: give back what lies above the new assignment. The hypervisor's punch
+            # may have come before this guest touched those pages, so release them here too.
+            keep = assigned // mmap.PAGESIZE * mmap.PAGESIZE
+            self.mm.madvise(mmap.MADV_REMOVE, keep, self.touched - keep)
+            self.touched = keep
         self.assigned = assigned
 
     def next_deadline(self) -> float:

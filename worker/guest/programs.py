@@ -19,8 +19,11 @@ class GuestSpec:
     command: str = ""
     size: int = 0
     seed: str = ""
+    args: tuple[str, ...] = ()   # programs that use devices (worker/guest/device_programs.py)
 
     def __str__(self) -> str:
+        if self.args:
+            return ":".join((self.kind, *self.args))
         if self.kind == "command":
             return f"command:{self.command}"
         if self.kind == "memory-demand":
@@ -53,9 +56,14 @@ def parse_spec(spec: str) -> GuestSpec:
         if n <= 0:
             raise HvError("BadRequest", "guest disk-sha256 needs a positive SIZE")
         return GuestSpec(kind, size=n)
+    from worker.guest.device_programs import parse_args
+    args = parse_args(kind, rest)
+    if args is not None:
+        return GuestSpec(kind, args=args)
     raise HvError("BadRequest", f"unknown guest SPEC {spec!r}: use idle, cpu-burn, command:CMD, "
-                                "memory-demand:SIZE, disk-write:SIZE:SEED, disk-verify:SIZE:SEED "
-                                "or disk-sha256:SIZE")
+                                "memory-demand:SIZE, disk-write:SIZE:SEED, disk-verify:SIZE:SEED, "
+                                "disk-sha256:SIZE, disk-bench:SPAN:SECONDS, "
+                                "device-stream:CLASS:COUNT[:INTERVAL_MS[:WINDOW]] or kvp-echo")
 
 
 class RunningProgram:

@@ -15,7 +15,10 @@ import time
 
 import setproctitle
 
+from worker.guest import device_programs
+from worker.guest.console import CommandInput, RuntimeConsole
 from worker.guest.guest_ram import GuestRam
+from worker.guest.integration import GuestServices
 from worker.guest.programs import RunningProgram, parse_spec
 from worker.guest_link import GuestLink
 
@@ -55,6 +58,23 @@ class Guest:
         self.memory: GuestRam | None = None
         self.running = True
         self.beat = 0
+        self.sel = selectors.DefaultSelector()
+        # VMBus and the integration services (heartbeat, shutdown, KVP, time sync), the console
+        self.services = GuestServices(self, self._watch, self._unwatch)
+        self.console_in: CommandInput | None = None
+        self.halt_reason: str | None = None
+
+    def _watch(self, fd: int, callback) -> None:
+        self.sel.register(fd, selectors.EVENT_READ, callback)
+
+    def _unwatch(self, fd: int) -> None:
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def console_send(self, data: bytes) -> None:
+        self.link.send({"t": "console", "data": data})
 
     def wait_boot(self) -> dict:
         sel = selectors.DefaultSelector()
@@ -75,6 +95,12 @@ class Guest:
                                    msg.get("credential"), msg.get("hypercall_endpoint"),
                                    bool(msg.get("dynamic_memory")))
         self.start_program(msg["program"], int(msg.get("vps", 1)))
+        if self.program.command is not None:
+            self.console_in = CommandInput(self.program.command.stdin)  # COM1 is its stdin/stdout
+        else:
+            self.services.console = RuntimeConsole(self, self.console_send)
+            self.services.console.log(f"hvemu guest runtime: {self.name} booted, program {self.spec}")
+        self.services.start()  # VMBus contact: the worker answers with its offers
 
     def start_program(self, spec_text: str, vps: int) -> None:
         self.spec = parse_spec(spec_text)
@@ -84,22 +110,22 @@ class Guest:
             self.program.start_burners(vps, f"{self.name} {self.vm_id}")
         elif self.spec.kind == "command":
             self.program.start_command(self.spec.command)
+        elif self.spec.kind in device_programs.KINDS:
+            self.services.program = device_programs.start(self.spec, self.services)
 
     def run(self) -> int:
-        sel = selectors.DefaultSelector()
+        sel = self.sel
         sel.register(self.link.sock, selectors.EVENT_READ, "link")
         out = self.program.command.stdout if self.program.command else None
         if out is not None:
             os.set_blocking(out.fileno(), False)
             sel.register(out, selectors.EVENT_READ, "console")
-        next_beat = time.monotonic()
         while self.running:
             now = time.monotonic()
-            if now >= next_beat:
-                self.beat += 1
-                self.link.send({"t": "heartbeat", "seq": self.beat})
-                next_beat = now + HEARTBEAT_INTERVAL
-            wake = next_beat
+            self.services.tick(now)  # heartbeats, device programs, a drain of every channel
+            wake = min(now + 0.25, self.services.next_deadline())
+            if self.console_in is not None:
+                self.console_in.flush()
             if self.memory is not None:
                 self.memory.step(now)
                 wake = now if self.memory.busy() else min(wake, self.memory.next_deadline())
@@ -107,6 +133,8 @@ class Guest:
                 if key.data == "link":
                     for msg in self.link.receive():
                         self.handle(msg)
+                elif callable(key.data):
+                    key.data()  # a VMBus channel's doorbell
                 else:
                     try:
                         data = os.read(out.fileno(), 65536)
@@ -124,7 +152,19 @@ class Guest:
                 self.program.stop()
                 self.link.send({"t": "halt", "reason": f"program exited with status {code}"})
                 return 0
+        self.program.stop()   # the Shutdown service asked us to go
+        self.link.send({"t": "halt", "reason": self.halt_reason or "guest shut down"})
         return 0
+
+    def on_shutdown_request(self, reason: str) -> bool:
+        """The Shutdown integration service: accept (and leave the loop), or ignore."""
+        if self.spec is not None and self.spec.kind == "no-shutdown":
+            self.services.note(f"shutdown requested ({reason}); this guest ignores it")
+            return False  # a guest that ignores the shutdown service (for testing timeouts)
+        self.services.note(f"shutdown requested ({reason}); shutting down")
+        self.halt_reason = "guest shut down"
+        self.running = False
+        return True
 
     def handle(self, msg: dict) -> None:
         kind = msg.get("t")
@@ -136,12 +176,18 @@ class Guest:
             if spec.kind == "memory-demand" and self.memory is not None:
                 self.spec = spec  # demand changes live; other programs wait for the next boot
                 self.memory.set_target(spec.size)
-        elif kind == "shutdown":
-            if self.spec is not None and self.spec.kind == "no-shutdown":
-                return  # a guest that ignores the shutdown service (for testing timeouts)
-            self.program.stop()
-            self.link.send({"t": "shutdown-ack"})
-            self.running = False
+        elif kind == "vmbus":
+            self.services.on_link_message(msg)
+        elif kind == "console-in":
+            data = msg.get("data")
+            if isinstance(data, bytes):
+                if self.console_in is not None:
+                    self.console_in.write(data)
+                elif self.services.console is not None:
+                    self.services.console.input(data)
+        else:
+            for fd in msg.get("fds") or ():
+                os.close(fd)  # descriptors nobody asked for
 
 
 def guest_main(link_sock, name: str, vm_id: str, expected_parent: int) -> None:
@@ -151,7 +197,7 @@ def guest_main(link_sock, name: str, vm_id: str, expected_parent: int) -> None:
     isolate(link_sock.fileno(), expected_parent)
     code = 1
     try:
-        guest = Guest(GuestLink(link_sock), name, vm_id)
+        guest = Guest(GuestLink(link_sock, accept_fds=True), name, vm_id)
         guest.boot(guest.wait_boot())
         code = guest.run()
     finally:

@@ -225,9 +225,14 @@ class ChannelTable:
     """The channels of one VM, by channel id. Ids are never reused, so a late message for a
     rescinded channel cannot reach its re-offer."""
 
-    def __init__(self):
+    def __init__(self, first_id: int = 1):
         self._channels: dict[int, Channel] = {}
-        self._next_id = 1
+        self._next_id = first_id
+
+    @property
+    def next_id(self) -> int:
+        """The id the next offer gets (a table that replaces this one starts there)."""
+        return self._next_id
 
     def offer(self, offer: Offer) -> tuple[Channel, list[Action]]:
         """Offer a device to the guest. AlreadyExists if its instance is already offered."""

@@ -132,6 +132,9 @@ class Ring:
         self.data_size = total_size - HEADER_SIZE
         self._view = mv
         self._header = mv[offset:offset + HEADER_SIZE]
+        # The header as u32 words: one item access is one 4-byte load/store, so a peer on
+        # another CPU never sees a torn index (struct.pack_into/unpack_from move byte by byte).
+        self._words = self._header.cast("I")
         self._data = mv[offset + HEADER_SIZE:offset + total_size]
         if init:
             self._header[:] = bytes(HEADER_SIZE)
@@ -142,7 +145,7 @@ class Ring:
 
     def release(self) -> None:
         """Drop this ring's views of the buffer (an mmap cannot close while views exist)."""
-        for view in (self._header, self._data, self._view):
+        for view in (self._words, self._header, self._data, self._view):
             view.release()
 
     @property
@@ -151,10 +154,10 @@ class Ring:
         return self.data_size - ALIGN - PACKET_HEADER_SIZE
 
     def load(self, field: int) -> int:
-        return _U32.unpack_from(self._header, field)[0]
+        return self._words[field >> 2]
 
     def store(self, field: int, value: int) -> None:
-        _U32.pack_into(self._header, field, value)
+        self._words[field >> 2] = value
 
     def checked_index(self, field: int, who: str) -> int:
         """An index written by the peer, checked before use."""

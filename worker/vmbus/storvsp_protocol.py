@@ -481,6 +481,11 @@ class Outstanding:
         """Requests in flight, oldest first (to re-issue on a re-opened channel)."""
         return list(self._in_flight.values())
 
+    def forget(self, txid: int) -> Request | None:
+        """Drop a request that will not be re-issued (a NEGOTIATE or QUERY_PROPERTIES of a
+        channel that is gone, or every request of a device that failed)."""
+        return self._in_flight.pop(txid, None)
+
 
 # --- helpers -------------------------------------------------------------------------------------
 

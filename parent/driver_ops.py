@@ -1,0 +1,170 @@
+"""Control ops for parent-hosted drivers and the VMBus devices they serve, registered in the
+one table (parent/control_ops.py `CONTROL_OPS`).
+
+Drivers: `get-vmhostdriver`, `restart-vmhostdriver`. Devices (a VM's VMBus devices served by
+a driver; kept in the VM's configuration as `devices`: [{driver, instance_id, settings}]):
+`add-vmdevice`, `get-vmdevice`, `remove-vmdevice`. Also the glue vmms calls: `setup` (make
+the `DriverSupervisor`), `ensure_for` (load the drivers a starting VM needs).
+"""
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from hypervisor.arg_checks import get_map, get_str
+from hypervisor.errors import HvError
+from hypervisor.rpc_server import DEFERRED
+from parent.control_ops import control_op, vm_arg
+from parent.drivers import registry
+from worker.vmbus.driver_protocol import check_driver_name
+
+if TYPE_CHECKING:
+    from parent.vmms import Vmms, VmRecord
+
+MAX_DEVICES = 16
+MAX_SETTINGS = 32
+
+
+# --- glue for vmms -------------------------------------------------------------------------------
+
+def setup(vmms: "Vmms") -> None:
+    """Create vmms's driver supervisor (after its poller exists)."""
+    from parent.driver_supervisor import DriverSupervisor
+    vmms.drivers = DriverSupervisor(vmms.home, vmms.log, vmms.watch_fd, vmms.unwatch_fd,
+                                    lambda name, state, reason: notify_workers(vmms, name, state, reason))
+
+
+def devices_of(rec: "VmRecord") -> list[dict]:
+    return list(rec.config.get("devices") or [])
+
+
+def vm_devices(rec: "VmRecord") -> list[dict]:
+    """Every VMBus device a running VM has: its own (`devices`) and its hard disk drives'
+    (one storvsp device each, parent/disk_ops.py)."""
+    from parent.disk_ops import storage_devices
+    return devices_of(rec) + storage_devices(rec)
+
+
+def ensure_for(vmms: "Vmms", rec: "VmRecord") -> None:
+    """Load every driver the VM's devices need (a driver no longer installed is reported to
+    the worker as failed, so the guest's device errors instead of waiting)."""
+    for name in sorted({d["driver"] for d in vm_devices(rec)}):
+        try:
+            vmms.drivers.ensure(name)
+        except HvError as err:
+            vmms.log.warning("driver_unavailable", driver=name, vm_id=rec.id, error=err.message)
+
+
+def failures_for(vmms: "Vmms", rec: "VmRecord") -> dict[str, str]:
+    wanted = {d["driver"] for d in vm_devices(rec)}
+    out = {n: r for n, r in vmms.drivers.failures().items() if n in wanted}
+    installed = registry.installed()
+    for name in wanted - set(installed):
+        out[name] = f"driver {name} is not installed"
+    return out
+
+
+def notify_workers(vmms: "Vmms", name: str, state: str, reason: str) -> None:
+    for rec in vmms.vms.values():
+        if rec.worker is not None and any(d["driver"] == name for d in vm_devices(rec)):
+            rec.worker.send("driver-state", {"driver": name, "state": state, "reason": reason},
+                            lambda ok, res: None, 5.0)
+
+
+# --- drivers -----------------------------------------------------------------------------------
+
+@control_op("get-vmhostdriver")
+def get_vmhostdriver(vmms, req):
+    """Installed drivers and their driver hosts: Name, Version, ProcessId, State, Restarts,
+    Channels (open channels), Package (the distribution that provides it)."""
+    return vmms.drivers.describe()
+
+
+@control_op("restart-vmhostdriver")
+def restart_vmhostdriver(vmms, req):
+    """Replace a driver's process (e.g. after an upgrade) without stopping any VM; answers when
+    the new process is Running. Also brings a Failed driver back."""
+    name = check_driver_name(get_str(req.args, "name", max_len=32))
+    registry.find(name)
+
+    def done(err):
+        if err is not None:
+            vmms.server.reply_error(req, err)
+        else:
+            vmms.server.reply(req, next(d for d in vmms.drivers.describe() if d["Name"] == name))
+    vmms.drivers.restart(name, done)
+    return DEFERRED
+
+
+# --- devices -------------------------------------------------------------------------------------
+
+def _settings(req) -> dict:
+    settings = get_map(req.args, "settings", {})
+    if len(settings) > MAX_SETTINGS or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 64
+                                               and len(v) <= 1024 for k, v in settings.items()):
+        raise HvError("BadRequest", f"settings must be at most {MAX_SETTINGS} string keys "
+                                    "(64 chars) and string values (1024 chars)")
+    return settings
+
+
+def _device_view(rec, dev: dict, live: dict | None) -> dict:
+    live = live or {}
+    return {"VMName": rec.name, "Driver": dev["driver"], "InstanceId": dev["instance_id"],
+            "Settings": dev.get("settings") or {}, "ClassId": live.get("ClassId"),
+            "ChannelState": live.get("ChannelState") if rec.worker else None,
+            "ChannelId": live.get("ChannelId"), "Error": live.get("Error")}
+
+
+@control_op("add-vmdevice")
+def add_vmdevice(vmms, req):
+    """Give a VM a VMBus device served by a parent-hosted driver. Args: vm, driver, settings
+    (string map handed to the driver). Works while the VM runs (the device is offered hot)."""
+    rec = vm_arg(vmms, req)
+    driver = check_driver_name(get_str(req.args, "driver", max_len=32))
+    registry.find(driver)
+    settings = _settings(req)
+    devices = devices_of(rec)
+    if len(devices) >= MAX_DEVICES:
+        raise HvError("InvalidState", f"VM '{rec.name}' already has {MAX_DEVICES} devices")
+    dev = {"driver": driver, "instance_id": str(uuid.uuid4()), "settings": settings}
+    rec.config["devices"] = devices + [dev]
+    vmms.save_config(rec)
+    if rec.worker is not None:
+        vmms.drivers.ensure(driver)
+        rec.worker.send("add-device", dev, lambda ok, res: None, 5.0)
+        for name, reason in failures_for(vmms, rec).items():
+            if name == driver:
+                rec.worker.send("driver-state", {"driver": name, "state": "Failed", "reason": reason},
+                                lambda ok, res: None, 5.0)
+    return _device_view(rec, dev, None)
+
+
+@control_op("get-vmdevice")
+def get_vmdevice(vmms, req):
+    """A VM's VMBus devices, with their channel state while it runs."""
+    rec = vm_arg(vmms, req)
+    devices = devices_of(rec)
+    if rec.worker is None or not devices:
+        return [_device_view(rec, d, None) for d in devices]
+
+    def done(ok, res):
+        live = {d.get("InstanceId"): d for d in res} if ok and isinstance(res, list) else {}
+        vmms.server.reply(req, [_device_view(rec, d, live.get(d["instance_id"])) for d in devices])
+    rec.worker.send("get-devices", {}, done, 5.0)
+    return DEFERRED
+
+
+@control_op("remove-vmdevice")
+def remove_vmdevice(vmms, req):
+    """Remove a VM's device by instance id (rescinded at once while the VM runs)."""
+    rec = vm_arg(vmms, req)
+    instance = get_str(req.args, "instance_id", max_len=64)
+    devices = devices_of(rec)
+    if not any(d["instance_id"] == instance for d in devices):
+        raise HvError("NotFound", f"VM '{rec.name}' has no device {instance}")
+    rec.config["devices"] = [d for d in devices if d["instance_id"] != instance]
+    vmms.save_config(rec)
+    if rec.worker is not None:
+        rec.worker.send("remove-device", {"instance_id": instance}, lambda ok, res: None, 5.0)
+    return {"removed": instance}
+

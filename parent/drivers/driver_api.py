@@ -1,0 +1,110 @@
+"""The driver plugin API: what a parent-hosted driver (a VSP) implements.
+
+A driver is a class registered under the entry-point group `hvemu.drivers` in its package's
+metadata — the built-in ones in hvemu's own pyproject.toml, a third party's in theirs:
+
+    [project.entry-points."hvemu.drivers"]
+    upper = "hvemu_upper:UpperDriver"
+
+    from parent.drivers.driver_api import Driver
+
+    class UpperDriver(Driver):
+        version = "1.0"
+        class_id = "upper"                        # the device class it serves
+        def request(self, channel, kind, body):   # one request from a guest's client
+            return {"data": body["data"].upper()}
+
+The entry point's name is the driver's name. Each driver runs alone in its own `drvhost <name>`
+process; it gets channels (one per device of a running VM), never a guest's memory, never a
+hypervisor credential. A request's answer is the dict `request()` returns (sent as the
+completion with the request's transaction id), or `PENDING` when the driver will answer later
+with `channel.complete(txid, body)`. A driver with a binary protocol sets `raw_packets` and
+implements `packet()` instead; `buffer_size` gives each channel a shared data buffer (the role
+of a GPADL: bulk data a packet points into). Raising `DriverError` answers
+`{"error": {"code", "message"}}`; any other exception is a driver bug: it is logged and answered
+as `DriverFault`, and the driver host keeps serving. Requests may be re-issued after a driver
+host restart (same transaction id), so handlers should be idempotent.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+VERSION_1_0 = 0x00010000
+PENDING = object()
+
+
+class DriverError(Exception):
+    """Answer the request with an error (code is one of hvemu's error names)."""
+
+    def __init__(self, message: str, code: str = "BadRequest"):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class DriverRefused(Exception):
+    """Raised by `open()` to decline a channel (the guest is told why)."""
+
+
+class DriverChannel:
+    """A channel as a driver sees it (created by the driver host)."""
+
+    def __init__(self, host, channel_id: int, vm_id: str, vm_name: str, instance_id: str,
+                 version: int, settings: dict):
+        self._host = host
+        self.channel_id, self.vm_id, self.vm_name = channel_id, vm_id, vm_name
+        self.instance_id, self.version, self.settings = instance_id, version, settings
+        self.state: Any = None            # the driver's own per-channel state
+        self.requests = 0
+
+    @property
+    def buffer(self) -> memoryview | None:
+        """The channel's shared data buffer (Driver.buffer_size bytes; None without one). The
+        guest may change it at any moment: copy what you check before you use it."""
+        return self._host.buffer_of(self)
+
+    def send(self, kind: str, body: dict) -> None:
+        """A one-way message to the guest's client."""
+        self._host.send_oneway(self, kind, body)
+
+    def send_packet(self, type: int, payload: bytes, txid: int = 0, flags: int = 0) -> None:
+        """A raw packet (drivers with raw_packets = True)."""
+        self._host.send_packet(self, type, payload, txid, flags)
+
+    def complete(self, txid: int, body: dict, kind: str = "completion") -> None:
+        """Answer a request that returned PENDING."""
+        self._host.send_completion(self, txid, kind, body)
+
+
+class Driver:
+    """Subclass and override. Class attributes declare what the driver is."""
+
+    name = ""                             # set by the driver host from the entry point
+    version = "0"
+    class_id = ""                         # the device class (VMBus class id) it serves
+    protocol_versions: tuple[int, ...] = (VERSION_1_0,)
+    ring_size = 256 * 1024                # bytes of each ring of its channels
+    buffer_size = 0                       # bytes of a shared data buffer per channel (pages)
+    raw_packets = False                   # True: packet() gets every packet undecoded
+
+    def open(self, channel: DriverChannel) -> None:
+        """A guest opened a device of this class. Raise DriverRefused to decline."""
+
+    def request(self, channel: DriverChannel, kind: str, body: dict) -> Any:
+        """Answer one request (a dict, or PENDING)."""
+        raise DriverError(f"{self.name} does not handle {kind!r}")
+
+    def message(self, channel: DriverChannel, kind: str, body: dict) -> None:
+        """A one-way message from the guest."""
+
+    def packet(self, channel: DriverChannel, packet) -> bytes | None:
+        """(raw_packets drivers) One packet (worker.vmbus.ring.Packet). Return a payload to
+        answer it with a COMPLETION of the same transaction id, or None. Raise
+        RingProtocolError for a malformed packet: the channel is failed."""
+        return None
+
+    def close(self, channel: DriverChannel) -> None:
+        """The channel ended (closed, rescinded or failed)."""
+
+    def stats(self) -> dict:
+        return {}

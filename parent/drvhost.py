@@ -1,0 +1,404 @@
+"""drvhost: the process that runs one parent-hosted driver (`drvhost <driver>`).
+
+    python -m parent.drvhost --home HOME --driver NAME --vmms-fd N --parent PID
+
+vmms starts one per loaded driver (parent/driver_supervisor.py) with fork+exec, a clean
+environment and no descriptor but its status socket to vmms: it holds no hypervisor
+credential, so a hypercall from it is refused (`attempt_hypercall` shows it), and it maps only
+the ring memory of the channels workers hand it — never a guest's RAM.
+
+It listens on `run/d/<driver>.sock` (SOCK_SEQPACKET) for workers (protocol in
+worker/vmbus/driver_protocol.py), serves each channel's ring with the driver
+(parent/drivers/driver_api.py), and reports `ready` and `stats` to vmms. A guest that breaks a
+channel's protocol loses that channel only: it is logged (`protocol_error`), closed, and the
+worker told (`failed`); everything else keeps working. It exits when vmms goes away or on
+SIGTERM (the signal handler only wakes the loop).
+
+One thread, one `selectors` loop; every wait is bounded, and every channel is drained on each
+periodic tick as well as on its doorbell.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+import setproctitle
+
+from hypervisor.errors import HvError
+from hypervisor.paths import Home
+from hypervisor.pidfile import PidFile
+from worker.vmbus import driver_protocol as dp
+from worker.vmbus import messages as m
+from worker.vmbus.ring import PacketType, RingProtocolError
+from worker.vmbus.transport import ChannelEndpoint, close_fds, receive_messages, send_message
+
+TICK = 0.1
+STATS_INTERVAL = 0.2
+PR_SET_PDEATHSIG = 1
+_HOME: Home | None = None
+
+
+def attempt_hypercall(op: str) -> dict:
+    """Call the hypervisor from this process with the credential it holds — none — and say
+    what the process was given (names of its environment variables)."""
+    from hypervisor.rpc_client import RpcClient
+    seen = {"environment": sorted(os.environ)}
+    if _HOME is None:
+        return {"ok": False, "code": "Unavailable", "message": "no home", **seen}
+    client = RpcClient(_HOME.hypercall_endpoint, auth=None, timeout=2.0, name="the hypervisor")
+    try:
+        result = client.call(op, {})
+        return {"ok": True, "result": repr(result)[:200], **seen}
+    except HvError as err:
+        return {"ok": False, "code": err.code, "message": err.message, **seen}
+    finally:
+        client.close()
+
+
+@dataclass
+class WorkerConn:
+    sock: socket.socket
+    channels: dict[int, "Served"] = field(default_factory=dict)
+
+
+@dataclass
+class Served:
+    conn: WorkerConn
+    endpoint: ChannelEndpoint
+    channel: object                       # DriverChannel
+
+
+class DriverHost:
+    def __init__(self, home: Home, name: str, driver, vmms: socket.socket, log):
+        self.home, self.name, self.driver, self.vmms, self.log = home, name, driver, vmms, log
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, WorkerConn] = {}
+        self.running = True
+        self.protocol_errors = 0
+        self.next_stats = 0.0
+        self.stats_dirty = True
+        self.last_extra: dict | None = None
+
+    # --- setup ---------------------------------------------------------------------------------
+    def listen(self) -> socket.socket:
+        path = self.home.driver_socket(self.name)
+        try:
+            os.unlink(path)  # we hold the pid-file lock: any socket file here is stale
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        old = os.umask(0o077)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        sock.listen(64)
+        sock.setblocking(False)
+        return sock
+
+    def info(self) -> dict:
+        d = self.driver
+        return {"driver": self.name, "version": str(d.version), "class_id": d.class_id,
+                "versions": list(d.protocol_versions), "ring_size": int(d.ring_size),
+                "buffer_size": int(d.buffer_size)}
+
+    # --- channels ------------------------------------------------------------------------------
+    def _open(self, conn: WorkerConn, msg: dict, fds: list[int]) -> None:
+        from parent.drivers.driver_api import DriverChannel, DriverRefused
+        cid = msg.get("channel_id")
+        try:
+            if not isinstance(cid, int) or cid in conn.channels:
+                raise HvError("BadRequest", f"bad or duplicate channel id {cid!r}")
+            if msg.get("ring_size") != self.driver.ring_size:
+                raise HvError("BadRequest", f"ring size {msg.get('ring_size')!r} is not the driver's "
+                                            f"{self.driver.ring_size}")
+            if msg.get("buffer_size", 0) != self.driver.buffer_size:
+                raise HvError("BadRequest", f"buffer size {msg.get('buffer_size')!r} is not the "
+                                            f"driver's {self.driver.buffer_size}")
+            settings = msg.get("settings") if isinstance(msg.get("settings"), dict) else {}
+            owned, fds = fds, []   # the endpoint owns them now (it closes them if it fails)
+            endpoint = ChannelEndpoint(owned, self.driver.ring_size, "host", self.driver.buffer_size)
+        except (HvError, RingProtocolError, OSError) as err:
+            close_fds(fds)
+            send_message(conn.sock, {"t": dp.REFUSED, "channel_id": cid, "reason": str(err)})
+            return
+        channel = DriverChannel(self, cid, str(msg.get("vm_id")), str(msg.get("vm_name")),
+                                str(msg.get("instance_id")), msg.get("version"), settings)
+        served = Served(conn, endpoint, channel)
+        try:
+            self.driver.open(channel)
+        except DriverRefused as exc:
+            endpoint.close()
+            send_message(conn.sock, {"t": dp.REFUSED, "channel_id": cid, "reason": str(exc)})
+            return
+        except Exception:
+            self.log.exception("driver_open_failed", channel_id=cid, vm_id=channel.vm_id)
+            endpoint.close()
+            send_message(conn.sock, {"t": dp.REFUSED, "channel_id": cid,
+                                     "reason": "the driver failed to open the channel"})
+            return
+        conn.channels[cid] = served
+        self.sel.register(endpoint.fileno(), selectors.EVENT_READ, ("channel", served))
+        send_message(conn.sock, {"t": dp.OPENED, "channel_id": cid})
+        self.stats_dirty = True
+        self.log.info("channel_opened", channel_id=cid, vm_id=channel.vm_id, instance_id=channel.instance_id)
+        self._serve(served)
+
+    def _close(self, served: Served, why: str) -> None:
+        conn, cid = served.conn, served.channel.channel_id
+        if conn.channels.pop(cid, None) is None:
+            return
+        try:
+            self.sel.unregister(served.endpoint.fileno())
+        except (KeyError, ValueError):
+            pass
+        served.endpoint.close()
+        try:
+            self.driver.close(served.channel)
+        except Exception:
+            self.log.exception("driver_close_failed", channel_id=cid)
+        self.stats_dirty = True
+        self.log.info("channel_closed", channel_id=cid, vm_id=served.channel.vm_id, why=why)
+
+    def _serve(self, served: Served) -> None:
+        """Drain one channel's incoming ring and answer every request in it."""
+        ep, ch = served.endpoint, served.channel
+        try:
+            if self.driver.raw_packets:
+                for packet in ep.receive():
+                    self._raw(served, packet)
+                return
+            for packet in ep.receive():
+                msg = m.decode(packet)
+                if msg.is_completion:
+                    continue
+                if msg.expects_reply:
+                    self._request(served, msg)
+                else:
+                    self._oneway(served, msg)
+        except (RingProtocolError, HvError) as exc:
+            reason = exc.message if isinstance(exc, HvError) else str(exc)
+            self.protocol_errors += 1
+            self.log.warning("protocol_error", channel_id=ch.channel_id, vm_id=ch.vm_id,
+                             instance_id=ch.instance_id, reason=reason)
+            self._close(served, "protocol error")
+            send_message(served.conn.sock, {"t": dp.FAILED, "channel_id": ch.channel_id,
+                                            "reason": reason[:500]})
+
+    def _request(self, served: Served, msg: m.Message) -> None:
+        from parent.drivers.driver_api import PENDING, DriverError
+        ch = served.channel
+        ch.requests += 1
+        try:
+            answer = self.driver.request(ch, msg.kind, msg.body)
+        except DriverError as exc:
+            answer = {"error": {"code": exc.code, "message": exc.message}}
+        except Exception:
+            self.log.exception("driver_request_failed", kind=msg.kind, channel_id=ch.channel_id)
+            answer = {"error": {"code": "DriverFault", "message": f"driver {self.name} failed on {msg.kind!r}"}}
+        if answer is PENDING:
+            return
+        if not isinstance(answer, dict):
+            answer = {"error": {"code": "DriverFault", "message": f"driver {self.name} answered {type(answer).__name__}"}}
+        served.endpoint.send_completion(msg.txid, msg.kind, answer)
+
+    def _raw(self, served: Served, packet) -> None:
+        served.channel.requests += 1
+        try:
+            answer = self.driver.packet(served.channel, packet)
+        except RingProtocolError:
+            raise
+        except Exception:
+            self.log.exception("driver_packet_failed", channel_id=served.channel.channel_id)
+            return
+        if answer is not None:
+            served.endpoint.send_packet(PacketType.COMPLETION, answer, packet.txid)
+
+    def _oneway(self, served: Served, msg: m.Message) -> None:
+        try:
+            self.driver.message(served.channel, msg.kind, msg.body)
+        except Exception:
+            self.log.exception("driver_message_failed", kind=msg.kind)
+
+    # --- for DriverChannel ------------------------------------------------------------------------
+    def _served(self, channel) -> Served | None:
+        for conn in self.conns.values():
+            served = conn.channels.get(channel.channel_id)
+            if served is not None and served.channel is channel:
+                return served
+        return None
+
+    def send_oneway(self, channel, kind: str, body: dict) -> None:
+        served = self._served(channel)
+        if served is not None:
+            served.endpoint.send_oneway(kind, body)
+
+    def send_packet(self, channel, type: int, payload, txid: int, flags: int) -> None:
+        served = self._served(channel)
+        if served is not None:
+            served.endpoint.send_packet(type, payload, txid, flags)
+
+    def buffer_of(self, channel) -> memoryview | None:
+        served = self._served(channel)
+        return served.endpoint.buffer if served is not None else None
+
+    def send_completion(self, channel, txid: int, kind: str, body: dict) -> None:
+        served = self._served(channel)
+        if served is not None:
+            served.endpoint.send_completion(txid, kind, body)
+
+    # --- workers ---------------------------------------------------------------------------------
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            sock.setblocking(False)
+            conn = WorkerConn(sock)
+            self.conns[sock.fileno()] = conn
+            self.sel.register(sock, selectors.EVENT_READ, ("worker", conn))
+            send_message(sock, {"t": dp.HELLO, **self.info()})
+
+    def _worker_readable(self, conn: WorkerConn) -> None:
+        msgs, closed = receive_messages(conn.sock, accept_fds=True)
+        for msg in msgs:
+            fds = msg.pop("fds", [])
+            kind = msg.get("t")
+            if kind == dp.OPEN:
+                self._open(conn, msg, fds)
+                continue
+            close_fds(fds)
+            if kind == dp.CLOSE:
+                served = conn.channels.get(msg.get("channel_id"))
+                if served is not None:
+                    self._close(served, "closed by the worker")
+                send_message(conn.sock, {"t": dp.CLOSED, "channel_id": msg.get("channel_id")})
+        if closed:
+            for served in list(conn.channels.values()):
+                self._close(served, "worker gone")
+            self.sel.unregister(conn.sock)
+            self.conns.pop(conn.sock.fileno(), None)
+            conn.sock.close()
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def _report(self, now: float) -> None:
+        """Stats to vmms at most every STATS_INTERVAL, when channels or the driver's own
+        figures (e.g. storvsp's bytes per VM, for measure-vm) changed."""
+        if now >= self.next_stats:
+            self.next_stats = now + STATS_INTERVAL
+            try:
+                extra = self.driver.stats()
+            except Exception:
+                extra = {}
+            if not self.stats_dirty and extra == self.last_extra:
+                return
+            self.stats_dirty, self.last_extra = False, extra
+            channels = sum(len(c.channels) for c in self.conns.values())
+            send_message(self.vmms, {"t": dp.STATS, "channels": channels,
+                                     "protocol_errors": self.protocol_errors,
+                                     "driver": extra if isinstance(extra, dict) else {}})
+
+    def serve(self) -> None:
+        listener = self.listen()
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)   # only wakes the loop
+        self.sel.register(listener, selectors.EVENT_READ, ("listen", listener))
+        self.sel.register(self.vmms, selectors.EVENT_READ, ("vmms", None))
+        self.sel.register(rfd, selectors.EVENT_READ, ("signal", None))
+        send_message(self.vmms, {"t": dp.READY, "pid": os.getpid(), **self.info()})
+        self.log.info("drvhost_ready", **self.info())
+        next_tick = time.monotonic() + TICK
+        try:
+            while self.running:
+                timeout = max(0.0, next_tick - time.monotonic())
+                for key, _ in self.sel.select(timeout):
+                    what, obj = key.data
+                    if what == "channel":
+                        self._serve(obj)
+                    elif what == "worker":
+                        self._worker_readable(obj)
+                    elif what == "listen":
+                        self._accept(obj)
+                    elif what == "vmms":
+                        _, closed = receive_messages(self.vmms, accept_fds=False)
+                        if closed:
+                            self.log.info("vmms_gone")
+                            self.running = False
+                    elif what == "signal":
+                        if any(b in (signal.SIGTERM, signal.SIGINT) for b in os.read(rfd, 64)):
+                            self.running = False
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK
+                    for conn in list(self.conns.values()):
+                        for served in list(conn.channels.values()):
+                            self._serve(served)   # bounds a lost wake-up
+                self._report(now)
+        finally:
+            for conn in list(self.conns.values()):
+                for served in list(conn.channels.values()):
+                    self._close(served, "driver host stopping")
+                conn.sock.close()
+            listener.close()
+            try:
+                os.unlink(self.home.driver_socket(self.name))
+            except OSError:
+                pass
+
+
+def main(argv=None) -> None:
+    global _HOME
+    ap = argparse.ArgumentParser(prog="python -m parent.drvhost")
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--driver", required=True)
+    ap.add_argument("--vmms-fd", type=int, required=True)
+    ap.add_argument("--parent", type=int, required=True)
+    args = ap.parse_args(argv)
+    import sys
+    sys.modules.setdefault("parent.drvhost", sys.modules[__name__])  # one module under -m too
+    name = dp.check_driver_name(args.driver)
+    setproctitle.setproctitle(f"drvhost {name}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != args.parent:
+        os._exit(1)  # vmms died before prctl took effect
+    home = _HOME = Home.resolve(args.home)
+    vmms = socket.socket(fileno=args.vmms_fd)
+    vmms.setblocking(False)
+    from hypervisor.logging_setup import configure
+    log = configure(home.logs_dir, f"drvhost-{name}").bind(driver=name)
+    pidfile = PidFile(home.driver_pidfile(name))
+    try:
+        pidfile.acquire()
+    except HvError as err:
+        log.error("drvhost_locked", error=err.message)
+        raise SystemExit(2)
+    try:
+        from parent.drivers import registry
+        try:
+            cls = registry.load(name)
+            driver = cls()
+        except Exception as exc:  # third-party code: anything can happen while importing it
+            message = exc.message if isinstance(exc, HvError) else f"{type(exc).__name__}: {exc}"
+            log.exception("driver_load_failed", error=message)
+            send_message(vmms, {"t": "error", "message": message[:500]})
+            raise SystemExit(3)
+        driver.name = name
+        DriverHost(home, name, driver, vmms, log).serve()
+    finally:
+        pidfile.release()
+        log.info("drvhost_stopped")
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,37 @@
+"""What a worker and a driver host say to each other over the driver's socket
+(`run/d/<driver>.sock`, SOCK_SEQPACKET, one msgpack map per packet, descriptors by SCM_RIGHTS).
+
+Definitions only, so the worker (worker/vmbus/host_bus.py) and the driver host
+(parent/drvhost.py) share them without importing each other. The worker is the client: it
+connects when a VM it runs has a device the driver serves. Ring data never travels here — only
+the three descriptors of a channel, once, when it opens.
+
+    drvhost -> worker  hello   {driver, version, class_id, versions, ring_size}   on accept
+    worker -> drvhost  open    {channel_id, vm_id, vm_name, instance_id, version, ring_size,
+                                settings} + fds [region, host doorbell, guest doorbell]
+    drvhost -> worker  opened  {channel_id}            | refused {channel_id, reason}
+    worker -> drvhost  close   {channel_id}            -> closed {channel_id}
+    drvhost -> worker  failed  {channel_id, reason}    the guest broke the protocol: the driver
+                                                       dropped that channel (and only that one)
+"""
+from __future__ import annotations
+
+import re
+
+from hypervisor.errors import HvError
+
+HELLO, OPEN, OPENED, REFUSED, CLOSE, CLOSED, FAILED = (
+    "hello", "open", "opened", "refused", "close", "closed", "failed")
+
+# drvhost -> vmms over the socketpair vmms created when it started the driver host
+READY, STATS = "ready", "stats"
+
+DRIVER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+MAX_RING_SIZE = 16 << 20
+
+
+def check_driver_name(name) -> str:
+    if not isinstance(name, str) or not DRIVER_NAME.match(name):
+        raise HvError("BadRequest", f"driver name {name!r} must be 1-32 of a-z, 0-9, '-', '_' "
+                                    "starting with a letter")
+    return name
