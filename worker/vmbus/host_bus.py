@@ -314,10 +314,8 @@ class HostBus:
             for msg in ep.receive_messages():
                 service.on_message(msg)
         except RingProtocolError as exc:
-            inp = ep.ring.inp
-            self.log.warning("vmbus_ring_state", channel_id=cid, private_read=inp._read,
-                             write_index=inp.ring.load(0), read_index=inp.ring.load(4),
-                             pending=inp.ring.load(12), received=ep.received)
+            self.log.warning("vmbus_ring_state", channel_id=cid, received=ep.received,
+                             **ep.ring.inp.state())
             self.fail_channel(cid, f"{service.name}: {exc}")
         except HvError as exc:
             self.fail_channel(cid, f"{service.name}: {exc.message}")

@@ -272,6 +272,13 @@ class RingReader:
         signal, self._signal_writer = self._signal_writer, False
         return signal
 
+    def state(self) -> dict:
+        """The indices as this reader and the shared header see them (for diagnostics)."""
+        r = self.ring
+        return {"private_read": self._read, "read_index": r.load(_READ_INDEX),
+                "write_index": r.load(_WRITE_INDEX), "pending_send_size": r.load(_PENDING_SEND_SIZE),
+                "data_size": r.data_size}
+
     def mask_interrupts(self) -> None:
         """Tell the writer not to signal: we are polling (Hyper-V's interrupt_mask)."""
         self.ring.store(_INTERRUPT_MASK, 1)
