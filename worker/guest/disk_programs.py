@@ -121,14 +121,10 @@ class DiskProgram:
         return float("inf") if self.finished else self.next_progress
 
 
-class DiskWrite(DiskProgram):
-    key = "disk-write"
+class SequentialProgram(DiskProgram):
+    """Walks the first `size` bytes in CHUNK pieces with up to WINDOW requests in flight."""
 
-    def __init__(self, services, size: int, seed: str):
-        super().__init__(services, size)
-        self.seed = seed
-        self.issued = self.done = 0
-        self.flushing = False
+    issued = 0
 
     def begin(self) -> None:
         self._fill()
@@ -140,8 +136,23 @@ class DiskWrite(DiskProgram):
             offset = self.issued
             n = min(chunk, self.size - offset)
             self.issued += n
-            dev.write(offset, disk_pattern.generate(self.seed, offset, n),
-                      lambda err, _data, n=n: self._written(err, n))
+            self._issue(offset, n)
+
+    def _issue(self, offset: int, n: int) -> None: ...
+
+
+class DiskWrite(SequentialProgram):
+    key = "disk-write"
+
+    def __init__(self, services, size: int, seed: str):
+        super().__init__(services, size)
+        self.seed = seed
+        self.issued = self.done = 0
+        self.flushing = False
+
+    def _issue(self, offset: int, n: int) -> None:
+        self.device.write(offset, disk_pattern.generate(self.seed, offset, n),
+                          lambda err, _data, n=n: self._written(err, n))
 
     def _written(self, err, n: int) -> None:
         if err is not None:
@@ -163,7 +174,7 @@ class DiskWrite(DiskProgram):
             self.services.publish("disk-write-reissued", str(self.device.reissued))
 
 
-class DiskRead(DiskProgram):
+class DiskRead(SequentialProgram):
     """disk-verify (with a seed) or disk-sha256 (without): reads in order, consumed in order."""
 
     def __init__(self, services, key: str, size: int, seed: str | None):
@@ -173,17 +184,8 @@ class DiskRead(DiskProgram):
         self.arrived: dict[int, bytes] = {}
         self.hash = hashlib.sha256()
 
-    def begin(self) -> None:
-        self._fill()
-
-    def _fill(self) -> None:
-        dev = self.device
-        chunk = min(CHUNK, dev.properties.max_transfer)
-        while not self.finished and self.issued < self.size and dev.in_flight < WINDOW:
-            offset = self.issued
-            n = min(chunk, self.size - offset)
-            self.issued += n
-            dev.read(offset, n, lambda err, data, o=offset: self._read(err, o, data))
+    def _issue(self, offset: int, n: int) -> None:
+        self.device.read(offset, n, lambda err, data, o=offset: self._read(err, o, data))
 
     def _read(self, err, offset: int, data) -> None:
         if err is not None:
