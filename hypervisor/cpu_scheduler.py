@@ -347,35 +347,47 @@ class CpuScheduler:
                 p.last_usage = total
         if now >= self._end - _EPS:
             self._close_period(now)
-        for p in self._parts.values():
-            if (not p.paused and not p.stopped and not p.wanting and not p.unlimited()
-                    and self._remaining(p) <= _EPS):
+        parts = self._parts
+        end, mark = self._end, self._mark
+        for p in parts.values():
+            # inline `_remaining()` / `unlimited()`: this loop runs every tick
+            if (not p.paused and not p.stopped and not p.wanting
+                    and p.rate < p.settings.count - _EPS
+                    and p.acc + p.rate * (end - mark) - p.debt - p.consumed <= _EPS):
                 p.wanting = True     # the idle estimate was too low: share again now
                 self._dirty = True
         if self._dirty:
             self._retarget(now)
+            end, mark = self._end, self._mark
 
-        stop, cont, wake = set(), set(), self._end
-        for pid, p in self._parts.items():
-            remaining = self._remaining(p)
-            throttle = not p.paused and not p.unlimited() and remaining <= _EPS
-            halt = p.paused or throttle
+        stop, cont, wake = set(), set(), end
+        for pid, p in parts.items():
+            settings = p.settings
+            count = settings.count
+            remaining = p.acc + p.rate * (end - mark) - p.debt - p.consumed
+            limited = p.rate < count - _EPS
+            paused = p.paused
+            throttle = not paused and limited and remaining <= _EPS
+            halt = paused or throttle
             if halt != p.stopped:
                 (stop if halt else cont).add(pid)
-            p.stopped = halt
+                p.stopped = halt
             # Throttle time runs from the tick that decides it to the tick that ends it,
             # including a switch between paused and throttled while staying stopped.
-            if throttle and p.throttled_since is None:
-                p.throttled_since, p.was_throttled = now, True
-            elif not throttle and p.throttled_since is not None:
-                p.throttled += (now - p.throttled_since) * p.count
+            if throttle:
+                if p.throttled_since is None:
+                    p.throttled_since, p.was_throttled = now, True
+            elif p.throttled_since is not None:
+                p.throttled += (now - p.throttled_since) * count
                 p.throttled_since = None
             # Wake when a busy, capped or reserved partition can first run out. Any other idle
             # one is left to the period end: if it wakes up meanwhile, its overrun becomes debt
             # (at most one period's worth), which saves the shell most wake-ups on a busy host.
-            if not halt and not p.unlimited() and (p.wanting or p.settings.maximum < 100
-                                                   or p.settings.reserve > 0):
-                wake = min(wake, now + remaining / p.count)
+            if not halt and limited and (p.wanting or settings.maximum < 100
+                                         or settings.reserve > 0):
+                t = now + remaining / count
+                if t < wake:
+                    wake = t
         return TickResult(frozenset(stop), frozenset(cont), max(wake, now + self.min_tick))
 
     # -- queries ---------------------------------------------------------------------------
@@ -390,7 +402,8 @@ class CpuScheduler:
     def all_stopped(self) -> frozenset[str]:
         return frozenset(pid for pid, p in self._parts.items() if p.stopped)
 
-    def stats(self, pid: str) -> dict:
+    def stats(self, pid: str, periods: bool = True) -> dict:
+        """The ledger of pid; `periods=False` leaves out the per-period rows (cheaper)."""
         p = self._get(pid)
         now = max(self._now, self._mark)
         throttled = p.throttled
@@ -413,5 +426,5 @@ class CpuScheduler:
             "cpu_percent_last_second": used / length / host * 100 if length > 0 else 0.0,
             "avg_cpu_percent": (p.totals[1] + p.consumed) / alive / host * 100 if alive > 0
             else 0.0,
-            "periods": [(e, c, t) for _, e, c, t in p.history],
+            **({"periods": [(e, c, t) for _, e, c, t in p.history]} if periods else {}),
         }

@@ -32,6 +32,7 @@ from hypervisor.rpc_server import RpcServer, bind_router
 
 DEFAULT_ROOT_RESERVE = 512 * 1024 * 1024
 BALANCE_INTERVAL = 0.1
+MIN_TICK = 0.004  # s; a budget may overrun by up to this × Count (repaid as debt)
 
 
 def default_host_memory() -> int:
@@ -46,11 +47,13 @@ class Hypervisor:
         self.pid = os.getpid()
         self.host_cpus = os.cpu_count() or 1
         self.partitions = PartitionTable()
-        self.cpu = CpuScheduler(self.host_cpus, period=period)
+        self.cpu = CpuScheduler(self.host_cpus, period=period, min_tick=MIN_TICK)
         self.memory = MemoryLedger(host_memory, root_reserve)
         self.running = True
         self.root_credential = secrets.token_hex(32)
         self._probes: dict[str, PartitionProbe] = {}  # partition id -> its process tree
+        self._frozen: set[str] = set()  # stopped and read since: usage cannot change
+        self._cpu_seen: dict[str, float] = {}  # partition id -> its last cumulative CPU reading
         self._outside_mark: tuple[float, float | None, float] | None = None
         self._outside = 0.0
         self._next_rescan = 0.0
@@ -126,6 +129,8 @@ class Hypervisor:
         if part.memory is not None:
             part.memory.close()
         probe = self._probes.pop(part.id, None)
+        self._frozen.discard(part.id)
+        self._cpu_seen.pop(part.id, None)
         if probe is not None:
             probe.close()
         self.log.info("partition_freed", partition=part.id, vm_id=part.vm_id, reason=reason)
@@ -170,8 +175,7 @@ class Hypervisor:
     def partition_stats(self, part: Partition) -> dict:
         now = time.monotonic()
         out = part.describe()
-        cpu = self.cpu.stats(part.id)
-        out["cpu"] = {k: v for k, v in cpu.items() if k != "periods"}
+        out["cpu"] = self.cpu.stats(part.id, periods=False)
         mem = self.memory.stats(part.id, now)
         out["memory"] = {"assigned": self.memory.assigned(part.id),
                          "demand": self.memory.demand(part.id), **mem}
@@ -187,18 +191,34 @@ class Hypervisor:
         self.free_partition(part, f"{role} exited")
 
     def _measure(self, rescan: bool) -> tuple[dict[str, float], dict[str, float]]:
-        """Cumulative (CPU seconds, run-queue wait seconds) of every partition's tree."""
+        """Cumulative (CPU seconds, run-queue wait seconds) of every partition's tree.
+
+        A partition the scheduler holds stopped is read once after it stopped (the signal's
+        tail) and then skipped until it runs again or a rescan finds a new member: a stopped
+        tree uses no CPU and waits on no run queue, and the scheduler keeps its last figures.
+        """
         usage: dict[str, float] = {}
         waiting: dict[str, float] = {}
-        for part in self.partitions:
-            probe = self._probes.get(part.id)
-            if probe is None:
-                continue
+        is_stopped = self.cpu.is_stopped
+        frozen = self._frozen
+        for pid, probe in self._probes.items():
+            stopped = is_stopped(pid)
             if rescan:
                 new = probe.rescan()
-                if new and (self.cpu.is_stopped(part.id) or part.suspended):
-                    process_tree.signal_pids(new, signal.SIGSTOP)  # no escape by forking
-            usage[part.id], waiting[part.id] = probe.read()
+                if new:
+                    frozen.discard(pid)
+                    part = self.partitions.by_id.get(pid)
+                    if stopped or (part is not None and part.suspended):
+                        process_tree.signal_pids(new, signal.SIGSTOP)  # no escape by forking
+            if stopped:
+                if pid in frozen:
+                    continue
+                frozen.add(pid)
+            elif frozen:
+                frozen.discard(pid)
+            run, wait = probe.read()
+            usage[pid] = self._cpu_seen[pid] = run
+            waiting[pid] = wait
         return usage, waiting
 
     def _measure_outside_load(self, now: float, partitions_cpu: float) -> None:
@@ -218,7 +238,7 @@ class Hypervisor:
     def _tick(self, now: float, rescan: bool) -> float:
         usage, waiting = self._measure(rescan)
         if rescan:
-            self._measure_outside_load(now, sum(usage.values()))
+            self._measure_outside_load(now, sum(self._cpu_seen.values()))
         result = self.cpu.tick(now, usage, waiting)
         for pid in result.stop:
             process_tree.signal_pids(self._members(pid), signal.SIGSTOP)

@@ -16,6 +16,7 @@ Clients register per class id (`GuestBus.register`): the integration services
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Callable
 
@@ -37,6 +38,10 @@ class ClientDevice:
     versions: tuple[int, ...] = (V1,)
     raw = False    # True: packets go to on_packet() undecoded (a binary protocol such as storvsp);
                    # the device then tracks and re-issues its own requests in opened()
+    spin_seconds = 0.0   # > 0: after a drain, busy-poll the ring this long for the next packet
+                         # while `spin_wanted()` (a request in flight), before sleeping on the
+                         # doorbell: a completion caught this way costs no poll wake-up
+    SPIN_TOTAL = 2e-3    # one drain never holds the loop longer than this spinning
 
     def __init__(self, bus: "GuestBus", offer: Offer):
         self.bus = bus
@@ -110,6 +115,8 @@ class ClientDevice:
         if self.raw:
             for packet in ep.receive():
                 self.on_packet(packet)
+            if self.spin_seconds > 0:
+                self._spin(ep)
             return
         for msg in ep.receive_messages():
             if msg.is_completion:
@@ -120,6 +127,24 @@ class ClientDevice:
                     self.endpoint.send_completion(msg.txid, msg.kind, reply)
             else:
                 self.on_oneway(msg.kind, msg.body)
+
+    def _spin(self, ep: ChannelEndpoint) -> None:
+        """Bounded busy-poll (raw devices with `spin_seconds`): only while `spin_wanted()`, at
+        most `spin_seconds` per wait and `SPIN_TOTAL` per drain — never spins idle."""
+        clock = time.perf_counter
+        stop = clock() + self.SPIN_TOTAL
+        inp = ep.ring.inp
+        while self.endpoint is ep and not ep.closed and self.spin_wanted():
+            now = clock()
+            deadline = min(now + self.spin_seconds, stop)
+            while inp.is_empty():
+                if clock() >= deadline:
+                    return
+            for packet in ep.receive():
+                self.on_packet(packet)
+
+    def spin_wanted(self) -> bool:
+        return False
 
     def _drop_channel(self) -> None:
         if self.endpoint is not None:
