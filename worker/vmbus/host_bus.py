@@ -279,23 +279,27 @@ class HostBus:
                   res.fds())
         res.close()
 
-    def _close_device(self, cid: int) -> None:
+    def _release_device(self, cid: int) -> bool:
+        """Detach the server side of a channel; True when a driver will answer `closed` later."""
         instance = self.slot_of.get(cid)
         service = self.services.get(instance) if instance else None
         if service is not None and service.endpoint is not None:
             self._unwatch(service.endpoint.fileno())
             service.detach()
-            self._complete_close(cid)
-            return
+            return False
         dev = self.devices.get(instance) if instance else None
         link = self.drivers.get(dev.driver) if dev else None
         if link is not None:
             res = link.opening.pop(cid, None)
             if res is not None:
                 res.close()
-            if link.sock is not None and send_message(link.sock, {"t": dp.CLOSE, "channel_id": cid}):
-                return  # completes when the driver answers `closed`
-        self._complete_close(cid)
+            if link.sock is not None:
+                return bool(send_message(link.sock, {"t": dp.CLOSE, "channel_id": cid}))
+        return False
+
+    def _close_device(self, cid: int) -> None:
+        if not self._release_device(cid):
+            self._complete_close(cid)  # otherwise it completes when the driver answers `closed`
 
     def _complete_close(self, cid: int) -> None:
         try:
@@ -454,20 +458,7 @@ class HostBus:
         self.connected = False
 
     def _close_device_quietly(self, cid: int) -> None:
-        instance = self.slot_of.get(cid)
-        service = self.services.get(instance) if instance else None
-        if service is not None and service.endpoint is not None:
-            self._unwatch(service.endpoint.fileno())
-            service.detach()
-            return
-        dev = self.devices.get(instance) if instance else None
-        link = self.drivers.get(dev.driver) if dev else None
-        if link is not None:
-            res = link.opening.pop(cid, None)
-            if res is not None:
-                res.close()
-            if link.sock is not None:
-                send_message(link.sock, {"t": dp.CLOSE, "channel_id": cid})
+        self._release_device(cid)
 
     def close(self) -> None:
         self.guest_gone()
