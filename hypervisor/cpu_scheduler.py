@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Mapping
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 WANT_FRACTION = 0.9     # used this much of its entitlement -> it wants more
 STARVED_FRACTION = 0.1   # run-queue wait >= 10 % of a period: starved, so wanting

@@ -17,18 +17,18 @@ import psutil
 import setproctitle
 import zmq
 
-from hypervisor import process_tree, signal_wakeup
+from hypervisor.runtime import process_tree, signal_wakeup
 from hypervisor.cpu_scheduler import CpuScheduler, ProcessorSettings
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from hypervisor.guest_memory import GuestMemory, sweep_stale
 from hypervisor.hypercalls import HYPERCALLS, authorize
-from hypervisor.logging_setup import configure
+from hypervisor.runtime.logging_setup import configure
 from hypervisor.memory_ledger import GRANULE, MemoryLedger, MemorySettings
 from hypervisor.partition_table import Partition, PartitionTable, close_fds
 from hypervisor.partition_probe import PartitionProbe
-from hypervisor.paths import Home
-from hypervisor.pidfile import PidFile
-from hypervisor.rpc_server import RpcServer, bind_router
+from hypervisor.runtime.paths import Home
+from hypervisor.runtime.pidfile import PidFile
+from hypervisor.runtime.rpc_server import RpcServer, bind_router
 
 DEFAULT_ROOT_RESERVE = 512 * 1024 * 1024
 BALANCE_INTERVAL = 0.1

@@ -18,7 +18,7 @@ import secrets
 import stat
 import weakref
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 SHM_DIR = "/dev/shm"
 _FALLOC_FL_KEEP_SIZE = 0x01

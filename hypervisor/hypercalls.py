@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from hypervisor.arg_checks import get_int, get_map, get_str
+from hypervisor.runtime.arg_checks import get_int, get_map, get_str
 from hypervisor.cpu_scheduler import ProcessorSettings
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from hypervisor.memory_ledger import MemorySettings
-from hypervisor.rpc_server import Request
+from hypervisor.runtime.rpc_server import Request
 
 if TYPE_CHECKING:
     from hypervisor.daemon import Hypervisor

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 MIB = 1024 * 1024
 GRANULE = 2 * MIB

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from hypervisor.process_tree import children as children_by_path
+from hypervisor.runtime.process_tree import children as children_by_path
 
 _RO = os.O_RDONLY | os.O_CLOEXEC
 _CHUNK = 65536

@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 
 @dataclass

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypervisor.errors import HvError
-from hypervisor.paths import Home
-from hypervisor.pidfile import holder_pid
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.paths import Home
+from hypervisor.runtime.pidfile import holder_pid
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -31,7 +31,7 @@ class Client:
             if not holder_pid(self.home.pidfile("vmms")):
                 raise HvError("Unavailable", f"the host at {self.home.root} is not running "
                                              "(start it with: hvctl host up)")
-            from hypervisor.rpc_client import RpcClient
+            from hypervisor.runtime.rpc_client import RpcClient
             self._rpc = RpcClient(self.home.control_endpoint, timeout=self.timeout, name="vmms")
         return self._rpc
 
@@ -84,7 +84,7 @@ class EventStream:
         raise HvError("Timeout", "vmms did not confirm the event subscription")
 
     def _receive(self, timeout: float):
-        from hypervisor import wire
+        from hypervisor.runtime import wire
         if not self.sock.poll(max(1, int(timeout * 1000))):
             return None
         frames = self.sock.recv_multipart()

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from hypervisor.paths import Home
+from hypervisor.runtime.paths import Home
 
 CONFIG_NAME = "config.json"
 

@@ -12,11 +12,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from hypervisor.arg_checks import get_bool, get_float, get_int, get_str
-from hypervisor.errors import HvError
-from hypervisor.rpc_server import DEFERRED, Request
+from hypervisor.runtime.arg_checks import get_bool, get_float, get_int, get_str
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.rpc_server import DEFERRED, Request
 from parent.vm_names import check_name
-from hypervisor.sizes import parse_size
+from hypervisor.runtime.sizes import parse_size
 from worker.guest.programs import parse_spec
 from worker.vm_state import VmState, begin
 from worker.worker_defs import STOP_TIMEOUT_DEFAULT
@@ -72,7 +72,7 @@ def ping(vmms, req):
 def get_vmhost(vmms, req):
     """Host figures: processors, memory pool, reserves, daemon pids."""
     import os
-    from hypervisor.pidfile import holder_pid
+    from hypervisor.runtime.pidfile import holder_pid
     try:
         info = vmms.hv_call("get-host-info")
     except HvError:

@@ -30,9 +30,9 @@ from __future__ import annotations
 import os
 import stat
 
-from hypervisor.arg_checks import get_bool, get_int, get_str
-from hypervisor.errors import HvError
-from hypervisor.sizes import parse_size
+from hypervisor.runtime.arg_checks import get_bool, get_int, get_str
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.sizes import parse_size
 from parent.control_ops import control_op, vm_arg
 from parent.storage.disk_backend import create_disk, format_for_path, open_disk
 from worker.vm_state import VmState

@@ -86,7 +86,7 @@ class DriverForkServer:
 
     def start(self, driver: str, status_sock: socket.socket) -> int:
         """Fork a host for `driver` that reports on `status_sock`; its pid (bounded wait)."""
-        from hypervisor.errors import HvError
+        from hypervisor.runtime.errors import HvError
         from worker.vmbus.transport import send_message
         if self.sock is None or not send_message(self.sock, {"t": "start", "driver": driver,
                                                              "home": str(self.home.root)},
@@ -167,7 +167,7 @@ def _child(msg: dict, fd: int, closing: list) -> None:
 
 def serve(sock: socket.socket) -> None:
     # preload: every child inherits these pages and skips these imports
-    import hypervisor.logging_setup  # noqa: F401
+    import hypervisor.runtime.logging_setup  # noqa: F401
     import parent.drivers.driver_api  # noqa: F401
     import parent.drivers.registry  # noqa: F401
     import parent.drvhost  # noqa: F401

@@ -11,9 +11,9 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from hypervisor.arg_checks import get_map, get_str
-from hypervisor.errors import HvError
-from hypervisor.rpc_server import DEFERRED
+from hypervisor.runtime.arg_checks import get_map, get_str
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.rpc_server import DEFERRED
 from parent.control_ops import control_op, vm_arg
 from parent.drivers import registry
 from worker.vmbus.driver_protocol import check_driver_name

@@ -32,8 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from hypervisor.errors import HvError
-from hypervisor.paths import Home
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.paths import Home
 from parent.drivers import registry
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus.transport import receive_messages

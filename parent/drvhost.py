@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import setproctitle
 
-from hypervisor.errors import HvError
-from hypervisor.paths import Home
-from hypervisor.pidfile import PidFile
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.paths import Home
+from hypervisor.runtime.pidfile import PidFile
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus import messages as m
 from worker.vmbus.ring import PacketType, RingProtocolError
@@ -47,7 +47,7 @@ _HOME: Home | None = None
 def attempt_hypercall(op: str) -> dict:
     """Call the hypervisor from this process with the credential it holds — none — and say
     what the process was given (names of its environment variables)."""
-    from hypervisor.rpc_client import RpcClient
+    from hypervisor.runtime.rpc_client import RpcClient
     seen = {"environment": sorted(os.environ)}
     if _HOME is None:
         return {"ok": False, "code": "Unavailable", "message": "no home", **seen}
@@ -374,7 +374,7 @@ def main(argv=None) -> None:
     home = _HOME = Home.resolve(args.home)
     vmms = socket.socket(fileno=args.vmms_fd)
     vmms.setblocking(False)
-    from hypervisor.logging_setup import configure
+    from hypervisor.runtime.logging_setup import configure
     log = configure(home.logs_dir, f"drvhost-{name}").bind(driver=name)
     pidfile = PidFile(home.driver_pidfile(name))
     try:

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 
-from hypervisor.errors import HvError
-from hypervisor.process_tree import is_zombie_or_gone
-from hypervisor.paths import Home
-from hypervisor.pidfile import holder_pid
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.process_tree import is_zombie_or_gone
+from hypervisor.runtime.paths import Home
+from hypervisor.runtime.pidfile import holder_pid
 
 START_WAIT = 20.0
 STOP_WAIT = 20.0
@@ -44,7 +44,7 @@ def _wait_ready(home: Home, proc: subprocess.Popen, name: str, ping) -> None:
 
 
 def hv_client(home: Home, timeout: float = 2.0):
-    from hypervisor.rpc_client import RpcClient
+    from hypervisor.runtime.rpc_client import RpcClient
     cred = home.root_credential_file.read_text().strip()
     return RpcClient(home.hypercall_endpoint, auth=cred, timeout=timeout, name="the hypervisor")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hypervisor.arg_checks import get_int, get_str
-from hypervisor.errors import HvError
-from hypervisor.rpc_server import DEFERRED
+from hypervisor.runtime.arg_checks import get_int, get_str
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.rpc_server import DEFERRED
 from parent.control_ops import control_op, vm_arg
 from worker.comport import check_path
 from worker.integration.ic_defs import KVP_MAX_ITEMS, NAMES, check_key, check_value, service_name

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from hypervisor.arg_checks import get_bool, get_int
+from hypervisor.runtime.arg_checks import get_bool, get_int
 from hypervisor.cpu_scheduler import ProcessorSettings
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from hypervisor.memory_ledger import MemorySettings, check_running_change
 from parent.control_ops import control_op, size_arg, vm_arg
 from worker.vm_state import VmState

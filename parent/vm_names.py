@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import setproctitle
 
-from hypervisor import signal_wakeup
-from hypervisor.errors import HvError
-from hypervisor.paths import Home
-from hypervisor.pidfile import PidFile, read_pid, holder_pid
-from hypervisor.rpc_server import DEFERRED, Request
+from hypervisor.runtime import signal_wakeup
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.paths import Home
+from hypervisor.runtime.pidfile import PidFile, read_pid, holder_pid
+from hypervisor.runtime.rpc_server import DEFERRED, Request
 from parent.config_store import ConfigStore
 from worker.vm_state import VmState
 
@@ -95,7 +95,7 @@ class Vmms:
 
     # --- the hypervisor ---------------------------------------------------------------------
     def hv_call(self, op: str, args: dict | None = None, timeout: float = 2.0):
-        from hypervisor.rpc_client import RpcClient
+        from hypervisor.runtime.rpc_client import RpcClient
         if self._hv is None:
             try:
                 cred = self.home.root_credential_file.read_text().strip()
@@ -136,14 +136,14 @@ class Vmms:
     def publish(self, rec: VmRecord, event: str, **payload) -> None:
         body = {"VMId": rec.id, "VMName": rec.name, "Event": event, "State": rec.state.value,
                 "Time": time.time(), **payload}
-        from hypervisor import wire
+        from hypervisor.runtime import wire
         try:
             self.pub.send_multipart([f"vm.{rec.id}.{event}".encode(), wire.pack(body)])
         except Exception as exc:  # a slow subscriber must never stop the loop
             self.log.info("event_dropped", error=str(exc))
 
     def confirm_subscriptions(self) -> None:
-        from hypervisor import wire
+        from hypervisor.runtime import wire
         while True:
             try:
                 frame = self.pub.recv(self.zmq.NOBLOCK)
@@ -371,7 +371,7 @@ class Vmms:
     def serve(self) -> None:
         import zmq
 
-        from hypervisor.rpc_server import RpcServer, bind_router
+        from hypervisor.runtime.rpc_server import RpcServer, bind_router
         from parent.control_ops import CONTROL_OPS
         self.zmq = zmq
         self.ctx = zmq.Context()
@@ -448,7 +448,7 @@ def main(argv=None) -> None:
     home = Home.resolve(args.home)
     setproctitle.setproctitle(f"vmms {home.root}")
     home.ensure()
-    from hypervisor.logging_setup import configure
+    from hypervisor.runtime.logging_setup import configure
     log = configure(home.logs_dir, "vmms")
     pidfile = PidFile(home.pidfile("vmms"))
     pidfile.acquire()

@@ -19,10 +19,10 @@ from typing import Callable
 
 import zmq
 
-from hypervisor import wire
-from hypervisor.errors import HvError
-from hypervisor.paths import Home
-from hypervisor.pidfile import holder_pid
+from hypervisor.runtime import wire
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.paths import Home
+from hypervisor.runtime.pidfile import holder_pid
 from worker.forkserver import recv_msg, send_msg
 from worker.worker_defs import NOTIFY_STATUS, WORKER_OPS
 

@@ -80,7 +80,7 @@ class Host:
         return res
 
     def pid_of(self, daemon: str) -> int | None:
-        from hypervisor.pidfile import holder_pid
+        from hypervisor.runtime.pidfile import holder_pid
         return holder_pid(self.home / "run" / f"{daemon}.pid")
 
     def processes(self) -> list[psutil.Process]:
@@ -145,7 +145,7 @@ def stop_host(host: Host, request=None) -> None:
     finally:
         kill_home(host)
         from hypervisor.guest_memory import sweep_stale
-        from hypervisor.paths import Home
+        from hypervisor.runtime.paths import Home
         sweep_stale(Home.resolve(host.home).shm_prefix)
         shutil.rmtree(host.home, ignore_errors=True)
 

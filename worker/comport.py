@@ -17,7 +17,7 @@ import socket
 import stat
 from typing import Callable
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 OUTPUT_BUFFER = 64 * 1024
 PATH_MAX = 107

@@ -64,7 +64,7 @@ def _reap() -> None:
 
 def serve(sock: socket.socket) -> None:
     from worker.vmwp import worker_main  # preload: every fork inherits these pages
-    import hypervisor.rpc_client, hypervisor.rpc_server, hypervisor.logging_setup  # noqa: F401,E401
+    import hypervisor.runtime.rpc_client, hypervisor.runtime.rpc_server, hypervisor.runtime.logging_setup  # noqa: F401,E401
     import zmq  # noqa: F401  (imported, never instantiated here)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)

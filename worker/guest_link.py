@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 
-from hypervisor import wire
+from hypervisor.runtime import wire
 from worker.vmbus.transport import receive_messages
 
 MAX_PACKET = 64 * 1024

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from hypervisor.arg_checks import get_bool, get_int, get_map, get_str
-from hypervisor.errors import HvError
+from hypervisor.runtime.arg_checks import get_bool, get_int, get_map, get_str
+from hypervisor.runtime.errors import HvError
 from worker.comport import ComPort, check_path
 from worker.integration.heartbeat import HeartbeatService
 from worker.integration.ic_defs import HEARTBEAT, NAMES, SHUTDOWN, check_key, check_value, service_name

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 
 class VmState(str, Enum):

@@ -18,10 +18,10 @@ import time
 
 import setproctitle
 
-from hypervisor import signal_wakeup
-from hypervisor.errors import HvError
-from hypervisor.paths import Home
-from hypervisor.pidfile import PidFile, read_pid
+from hypervisor.runtime import signal_wakeup
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.paths import Home
+from hypervisor.runtime.pidfile import PidFile, read_pid
 from worker import guest_link
 from worker.guest.runtime import guest_main
 from worker.vm_services import VmServices
@@ -148,7 +148,7 @@ class Worker:
         if self.guest_pid is None:
             return
         self.expected_guest_exit = True
-        from hypervisor import process_tree
+        from hypervisor.runtime import process_tree
         members = process_tree.tree(self.guest_pid)
         process_tree.signal_pids(members, signal.SIGKILL)
         process_tree.continue_pids(members)
@@ -381,8 +381,8 @@ class Worker:
     def run(self, guest_pid: int, link: guest_link.GuestLink) -> None:
         import zmq
 
-        from hypervisor.rpc_client import RpcClient
-        from hypervisor.rpc_server import DEFERRED, RpcServer, bind_router
+        from hypervisor.runtime.rpc_client import RpcClient
+        from hypervisor.runtime.rpc_server import DEFERRED, RpcServer, bind_router
         self.zmq = zmq
         self.server_deferred = DEFERRED
         ctx = zmq.Context()
@@ -461,7 +461,7 @@ def write_exit_status(home: Home, vm_id: str, status: dict) -> None:
 
 def worker_main(launch: dict) -> None:
     """Entry of a vmwp forked by the fork-server (already in its own session); never returns."""
-    from hypervisor.logging_setup import configure
+    from hypervisor.runtime.logging_setup import configure
     vm_id, name = launch["vm_id"], launch["name"]
     setproctitle.setproctitle(f"vmwp {name} {vm_id}")
     guest_pid, link = fork_guest(name, vm_id)

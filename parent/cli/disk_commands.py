@@ -23,7 +23,7 @@ def absolute(path: str) -> str:
 def size_option(value):
     if value is None:
         return None
-    from hypervisor.sizes import parse_size
+    from hypervisor.runtime.sizes import parse_size
     return parse_size(value)
 
 

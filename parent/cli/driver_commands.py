@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from parent.cli.main import cli
 from parent.cli.output import print_json, print_object, print_table
 

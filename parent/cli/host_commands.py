@@ -5,7 +5,7 @@ import json
 
 import click
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from parent.cli.main import cli
 from parent.cli.output import print_json, print_object
 
@@ -21,8 +21,8 @@ def host():
 @click.pass_obj
 def host_up(g, host_memory, root_reserve):
     """Start the hypervisor and vmms if they are not running; return when both answer."""
-    from hypervisor.paths import Home
-    from hypervisor.sizes import parse_size
+    from hypervisor.runtime.paths import Home
+    from hypervisor.runtime.sizes import parse_size
     from parent.host_control import host_up as up
     mem = parse_size(host_memory) if host_memory else None
     reserve = parse_size(root_reserve) if root_reserve else None
@@ -42,7 +42,7 @@ def host_up(g, host_memory, root_reserve):
 @click.pass_obj
 def host_down(g):
     """Turn off running VMs, stop vmms and the hypervisor; return when all are gone."""
-    from hypervisor.paths import Home
+    from hypervisor.runtime.paths import Home
     from parent.host_control import host_down as down
     result = down(Home.resolve(g.home))
     if g.json:

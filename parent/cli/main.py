@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from parent.cli.output import EXIT_USAGE, exit_code, print_error
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 

@@ -62,7 +62,7 @@ def set_vmmemory(g, name, dynamic_memory_enabled, startup_bytes, minimum_bytes, 
                  buffer, priority):
     """Memory controls. While running only --maximum-bytes up, --minimum-bytes down,
     --buffer and --priority may change."""
-    from hypervisor.sizes import parse_size
+    from hypervisor.runtime.sizes import parse_size
     size = lambda v: parse_size(v) if v is not None else None  # noqa: E731
     show(g, g.client.call("set-vmmemory", vm=name,
                           dynamic_memory_enabled=_bool(dynamic_memory_enabled),

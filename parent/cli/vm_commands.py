@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from parent.cli.main import cli
 from parent.cli.output import format_uptime, print_error, print_json, print_object, print_table
 
@@ -49,7 +49,7 @@ def for_each_vm(g, op: str, names, **args) -> None:
 @click.pass_obj
 def new_vm(g, name, memory_startup_bytes, processor_count, guest):
     """Create a VM (Off)."""
-    from hypervisor.sizes import parse_size
+    from hypervisor.runtime.sizes import parse_size
     vm = g.client.call("new-vm", name=name, memory_startup_bytes=parse_size(memory_startup_bytes),
                        processor_count=processor_count, guest=guest)
     show_vms(g, [vm]) if not g.json else print_json(vm)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import metadata
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vmbus.driver_protocol import DRIVER_NAME
 
 GROUP = "hvemu.drivers"

@@ -42,7 +42,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from parent.drivers.driver_api import Driver, DriverChannel, DriverRefused
 from parent.storage.disk_backend import DiskBackend, open_disk
 from worker.vmbus import storvsp_protocol as sp

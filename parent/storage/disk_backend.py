@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 
 @runtime_checkable

@@ -160,7 +160,7 @@ class BenchHost:
                     pass
             try:
                 from hypervisor.guest_memory import sweep_stale
-                from hypervisor.paths import Home
+                from hypervisor.runtime.paths import Home
                 sweep_stale(Home.resolve(self.home).shm_prefix)
             except Exception:  # noqa: BLE001
                 pass

@@ -51,7 +51,7 @@ def test_cap_holds_a_cpu_burner_to_its_maximum(host):
 
 
 def ledger(host) -> dict:
-    from hypervisor.paths import Home
+    from hypervisor.runtime.paths import Home
     from parent.host_control import hv_client
     c = hv_client(Home.resolve(host.home))
     try:

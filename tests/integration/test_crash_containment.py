@@ -21,7 +21,7 @@ def running_pair(host, *names):
 
 def partitions(host) -> dict:
     from parent.host_control import hv_client
-    from hypervisor.paths import Home
+    from hypervisor.runtime.paths import Home
     c = hv_client(Home.resolve(host.home))
     try:
         return {p["vm_id"]: p for p in c.call("list-partitions")}

@@ -161,7 +161,7 @@ def test_files_that_are_not_disks_are_refused(host, tmp_path):
         for args in (("get-vhd", path), ("add-vmharddiskdrive", "n", "--path", path)):
             assert words in refused(host, *args, code=code)
     # the control op takes only absolute paths (hvctl makes relative ones absolute)
-    from hypervisor.errors import HvError
+    from hypervisor.runtime.errors import HvError
     with pytest.raises(HvError) as info:
         host.call("get-vhd", path="relative.vhdx")
     assert info.value.code == "BadRequest" and "absolute" in info.value.message
@@ -182,7 +182,7 @@ def test_new_vhd_refusals(host, tmp_path):
     assert "no such directory" in refused(host, "new-vhd", str(tmp_path / "no" / "z.vhdx"),
                                           "--size-bytes", "16MB", code="NotFound")
     assert not os.path.exists(other)
-    from hypervisor.errors import HvError
+    from hypervisor.runtime.errors import HvError
     with pytest.raises(HvError, match="choose exactly one"):
         host.call("new-vhd", path=other, size_bytes=16 * MIB, fixed=True, dynamic=True)
     rc, info, _ = host.hvctl("new-vhd", other, "--size-bytes", "16MB",

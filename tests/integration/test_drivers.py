@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from hypervisor.paths import Home
+from hypervisor.runtime.paths import Home
 from tests.conftest import alive, wait_until
 
 pytestmark = pytest.mark.integration

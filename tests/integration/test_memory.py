@@ -106,7 +106,7 @@ def test_kill_returns_memory_within_a_second(small_host, victim):
 
 
 def _prefix(host):
-    from hypervisor.paths import Home
+    from hypervisor.runtime.paths import Home
     return Home.resolve(host.home).shm_prefix
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hypervisor.cpu_scheduler import (CpuScheduler, Demand, ProcessorSettings, TickResult,
                                       allocate)
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 PERIOD = 0.1
 MIN_TICK = 0.002
@@ -491,7 +491,7 @@ def test_partition_probe_follows_forks_from_threads_and_keeps_exited_cpu():
     import time
 
     from hypervisor.partition_probe import PartitionProbe
-    from hypervisor.process_tree import tree
+    from hypervisor.runtime.process_tree import tree
 
     code = ("import subprocess, sys, threading, time\n"
             "burn = 'import time\\ne = time.process_time() + 0.2\\n"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from parent import disk_ops as d
 from parent.storage.disk_backend import create_disk, open_disk
 from parent.vmms import VmRecord

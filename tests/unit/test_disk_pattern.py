@@ -6,7 +6,7 @@ import hashlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.guest import disk_pattern as p
 
 

@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from hypervisor.guest_memory import SHM_DIR, GuestMemory, punch_hole, sweep_stale
 
 MIB = 1024 * 1024

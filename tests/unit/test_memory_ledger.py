@@ -10,7 +10,7 @@ from hypothesis.stateful import (
     Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule,
 )
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from hypervisor.memory_ledger import (
     GRANULE, MIB, MemoryLedger, MemorySettings, check_running_change,
 )

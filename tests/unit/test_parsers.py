@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from hypervisor.errors import HvError
-from hypervisor.sizes import parse_size
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.sizes import parse_size
 from parent.cli.main import split_globals
 from parent.vm_names import check_name, looks_like_id
 from worker.guest.programs import parse_spec

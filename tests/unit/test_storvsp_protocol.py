@@ -8,7 +8,7 @@ import uuid
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vmbus import storvsp_protocol as sp
 from worker.vmbus.ring import PacketFlags, PacketType, RingProtocolError, ring_pair
 from worker.vmbus.storvsp_protocol import Operation as Op, RequestFlags as F, Status as S

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from parent.storage import disk_backend
 from parent.storage.vhdx import VhdxDisk, create, open as open_vhdx
 from parent.storage.vhdx.layout import HEADER_OFFSETS, MIB, ZERO_GUID, Header

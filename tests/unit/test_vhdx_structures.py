@@ -8,7 +8,7 @@ import uuid
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from parent.storage.vhdx import auto_block_size
 from parent.storage.vhdx.bat import ZERO, BlockAllocationTable, pack_bat
 from parent.storage.vhdx.checksum import checksum_ok, crc32c, crc32c_pure

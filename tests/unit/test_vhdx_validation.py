@@ -13,7 +13,7 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from parent.storage.vhdx import create, open as open_vhdx
 from parent.storage.vhdx.checksum import seal
 from parent.storage.vhdx.layout import HEADER_OFFSETS, MIB, REGION_TABLE_OFFSETS, Header

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vm_state import ACTIVE, STABLE, TRANSITIONS, VmState, begin, parse, result
 
 

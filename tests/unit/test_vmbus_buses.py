@@ -9,7 +9,7 @@ import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hypervisor.paths import Home
+from hypervisor.runtime.paths import Home
 from worker.guest.integration import GuestServices
 from worker.guest.vmbus_client import ClientDevice
 from worker.guest_link import GuestLink, pair

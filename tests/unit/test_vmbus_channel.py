@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vmbus.channel import (
     Channel, ChannelFailed, ChannelState as S, ChannelTable, CloseDevice, Offer, OpenDevice,
     SendCloseResponse, SendOffer, SendOpenResult, SendRescind)

@@ -6,7 +6,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vmbus import messages as m
 from worker.vmbus.channel import (
     ChannelTable, CloseDevice, Offer, OpenDevice, SendCloseResponse, SendOffer, SendOpenResult,

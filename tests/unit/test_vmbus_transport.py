@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vmbus.ring import PacketType, RingProtocolError
 from worker.vmbus.transport import (ChannelEndpoint, ChannelResources, receive_messages,
                                     send_message)

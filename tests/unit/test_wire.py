@@ -5,8 +5,8 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hypervisor import wire
-from hypervisor.errors import ERROR_CODES, HvError
+from hypervisor.runtime import wire
+from hypervisor.runtime.errors import ERROR_CODES, HvError
 
 
 def test_round_trip_request_and_replies():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.guest import disk_programs
 from worker.guest.vmbus_client import ClientDevice
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 SECTOR = 512
 REPEAT = SECTOR // 32          # a SHA-256 digest is 32 bytes

@@ -23,8 +23,8 @@ import hashlib
 import random
 import time
 
-from hypervisor.errors import HvError
-from hypervisor.sizes import parse_size
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.sizes import parse_size
 from worker.guest import disk_pattern
 from worker.guest.block_client import STORVSP_CLASS, StorageDevice
 

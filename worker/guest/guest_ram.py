@@ -71,8 +71,8 @@ class GuestRam:
     def _report(self) -> None:
         if not self.endpoint or not self.credential:
             return
-        from hypervisor.errors import HvError
-        from hypervisor.rpc_client import RpcClient
+        from hypervisor.runtime.errors import HvError
+        from hypervisor.runtime.rpc_client import RpcClient
         if self._client is None:
             self._client = RpcClient(self.endpoint, auth=self.credential, timeout=1.0,
                                      name="the hypervisor")

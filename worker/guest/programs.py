@@ -10,8 +10,8 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
-from hypervisor.errors import HvError
-from hypervisor.sizes import parse_size
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.sizes import parse_size
 
 @dataclass(frozen=True)
 class GuestSpec:

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vmbus import messages as m
 from worker.vmbus.channel import Offer
 from worker.vmbus.host_bus import DEVICE_FAILED, INITIATE_CONTACT, VMBUS

@@ -12,7 +12,7 @@ Message kinds on each service's channel:
 """
 from __future__ import annotations
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 HEARTBEAT = "Heartbeat"
 SHUTDOWN = "Shutdown"

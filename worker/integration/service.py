@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.integration.ic_defs import CLASS_IDS, IC_RING_SIZE, IC_VERSION
 from worker.vmbus.channel import Offer
 from worker.vmbus.host_bus import HostService

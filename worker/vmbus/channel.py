@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vmbus.ring import ALIGN, HEADER_SIZE, MAX_RING_SIZE, MIN_DATA_SIZE
 
 MAX_VERSIONS = 32

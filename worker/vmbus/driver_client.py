@@ -12,7 +12,7 @@ import select
 import socket
 import time
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus import messages as m
 from worker.vmbus.transport import (ChannelEndpoint, ChannelResources, receive_messages,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 HELLO, OPEN, OPENED, REFUSED, CLOSE, CLOSED, FAILED = (
     "hello", "open", "opened", "refused", "close", "closed", "failed")

@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from hypervisor.errors import HvError
-from hypervisor.paths import Home
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.paths import Home
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus import messages as m
 from worker.vmbus.channel import (Action, ChannelFailed, ChannelState, ChannelTable, CloseDevice,

@@ -1,7 +1,7 @@
 """Control messages over a VMBus ring: msgpack maps in ring packets, matched by transaction id.
 
 What: a message is `{"kind": str, "body": map}` packed with the project's pinned msgpack options
-(hypervisor.wire.pack; decoded with the same options). It travels as a DATA packet — a request when COMPLETION_REQUESTED is set
+(hypervisor.runtime.wire.pack; decoded with the same options). It travels as a DATA packet — a request when COMPLETION_REQUESTED is set
 (txid != 0), one-way otherwise (txid 0) — or as a COMPLETION packet answering the request with
 the same txid. `Transactions` is the requester's table of requests in flight: it allocates
 txids, matches completions to them, and hands back what was in flight when a channel is
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from hypervisor import wire
-from hypervisor.errors import HvError
+from hypervisor.runtime import wire
+from hypervisor.runtime.errors import HvError
 from worker.vmbus.ring import PacketFlags, PacketType, Packet, RingProtocolError, RingWriter
 
 # The VMBus control conversation between the worker (host) and the guest's VMBus driver.

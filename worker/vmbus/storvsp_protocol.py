@@ -53,7 +53,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 from worker.vmbus.ring import RingProtocolError
 
 PROTOCOL_VERSION = 0x0001_0000            # 1.0, (major << 16) | minor as Hyper-V numbers them

@@ -28,8 +28,8 @@ import os
 import socket
 from typing import Any
 
-from hypervisor import wire
-from hypervisor.errors import HvError
+from hypervisor.runtime import wire
+from hypervisor.runtime.errors import HvError
 from worker.vmbus import messages
 from worker.vmbus.ring import (Packet, PacketFlags, PacketType, RingEndpoint, RingFull,
                                RingProtocolError, attach, region_size)

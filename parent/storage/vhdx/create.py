@@ -30,7 +30,7 @@ import errno
 import os
 import uuid
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 from .bat import pack_bat
 from .disk import os_error

@@ -40,7 +40,7 @@ import struct
 import threading
 import uuid
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 from .bat import FULLY_PRESENT, BlockAllocationTable, entry
 from .layout import (HEADER_OFFSETS, HEADER_SECTION_SIZE, MIB, REGION_TABLE_OFFSETS,

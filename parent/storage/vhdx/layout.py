@@ -25,7 +25,7 @@ import struct
 import uuid
 from dataclasses import dataclass, replace
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 from .checksum import checksum_ok, seal
 

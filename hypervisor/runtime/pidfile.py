@@ -10,7 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 
 class PidFile:

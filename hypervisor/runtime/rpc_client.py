@@ -12,8 +12,8 @@ from typing import Any
 
 import zmq
 
-from hypervisor import wire
-from hypervisor.errors import HvError
+from hypervisor.runtime import wire
+from hypervisor.runtime.errors import HvError
 
 _ids = itertools.count(1)
 

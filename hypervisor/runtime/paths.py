@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 IPC_PATH_MAX = 107
 

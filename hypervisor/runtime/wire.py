@@ -9,7 +9,7 @@ from typing import Any
 
 import msgpack
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 TAG = b"HVEMU/1"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024

@@ -2,7 +2,7 @@
 units as PowerShell reads them (1MB = 1,048,576 bytes). Pure."""
 from __future__ import annotations
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypervisor.errors import HvError
+from hypervisor.runtime.errors import HvError
 
 _MISSING = object()
 
