@@ -6,7 +6,8 @@ Hyper-V's `Set-VMProcessor` semantics: `Count` VPs (the partition can use at mos
 measures every partition's cumulative CPU seconds (whole process tree), calls `tick(now, usage)`,
 sends SIGSTOP / SIGCONT for `TickResult.stop` / `.cont` and sleeps until `.next_wakeup`.
 
-Key types: `ProcessorSettings` (validated settings), `CpuScheduler` (ledger + enforcement),
+Key types: `ProcessorSettings` (validated settings; defined in hypervisor/hypercall_defs.py so
+callers need not import the scheduler), `CpuScheduler` (ledger + enforcement),
 `TickResult`, and `allocate()` (the pure entitlement rule, also useful on its own).
 
 Algorithm. Time is cut into periods on a fixed grid (default 100 ms). Each partition has an
@@ -54,6 +55,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Mapping
 
+from hypervisor.hypercall_defs import ProcessorSettings
 from hypervisor.runtime.errors import HvError
 
 WANT_FRACTION = 0.9     # used this much of its entitlement -> it wants more
@@ -62,37 +64,6 @@ IDLE_MARGIN = 1.25      # an idle partition wants its recent use times this ...
 IDLE_HEADROOM = 0.05    # ... plus this many CPUs per VP, so a wake-up is not stopped at once
 DEMAND_WINDOW = 3       # periods of history behind the idle estimate
 _EPS = 1e-9             # CPU-seconds; float noise, not time
-
-
-def _check_int(name: str, value: object, lo: int, hi: int, note: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise HvError("BadRequest", f"{name} must be an integer {lo}-{hi}{note}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class ProcessorSettings:
-    """A partition's `Set-VMProcessor` settings; percentages are of Count CPUs."""
-    count: int = 1
-    reserve: int = 0
-    maximum: int = 100
-    relative_weight: int = 100
-
-    def validate(self, host_cpus: int) -> None:
-        _check_int("Count", self.count, 1, host_cpus, " (the host's logical processors)")
-        _check_int("Reserve", self.reserve, 0, 100)
-        _check_int("Maximum", self.maximum, 0, 100)
-        _check_int("RelativeWeight", self.relative_weight, 1, 10000)
-        if self.reserve > self.maximum:  # Hyper-V: a reservation above the limit is refused
-            raise HvError("BadRequest", f"Reserve ({self.reserve} %) may not exceed "
-                                        f"Maximum ({self.maximum} %)")
-
-    @property
-    def reserved_cpus(self) -> float:
-        return self.reserve / 100 * self.count
-
-    @property
-    def cap_cpus(self) -> float:
-        return self.maximum / 100 * self.count
 
 
 @dataclass

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from hypervisor import hypercall_defs as hc
+from hypervisor.hypercall_defs import MemorySettings, ProcessorSettings, memory_settings, processor_settings
 from hypervisor.runtime.arg_checks import get_int, get_map, get_str
-from hypervisor.cpu_scheduler import ProcessorSettings
 from hypervisor.runtime.errors import HvError
-from hypervisor.memory_ledger import MemorySettings
 from hypervisor.runtime.rpc_server import Request
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ HYPERCALLS: dict[str, Hypercall] = {}
 
 
 def hypercall(name: str, *callers: str):
+    assert name in hc.HYPERCALL_NAMES, name   # a new hypercall is named in hypercall_defs first
     def register(fn):
         HYPERCALLS[name] = Hypercall(fn, frozenset(callers), (fn.__doc__ or "").strip())
         return fn
@@ -41,24 +42,16 @@ def hypercall(name: str, *callers: str):
 
 
 def processor_from(args: dict) -> ProcessorSettings:
-    p = get_map(args, "processor", {})
-    return ProcessorSettings(count=p.get("count", 1), reserve=p.get("reserve", 0),
-                             maximum=p.get("maximum", 100),
-                             relative_weight=p.get("relative_weight", 100))
+    return processor_settings(get_map(args, "processor", {}))
 
 
 def memory_from(args: dict) -> MemorySettings:
-    m = get_map(args, "memory", {})
-    startup = m.get("startup", 512 * 1024 * 1024)
-    dynamic = m.get("dynamic", False)
-    return MemorySettings(dynamic=dynamic, startup=startup,
-                          minimum=m.get("minimum", startup), maximum=m.get("maximum", startup),
-                          buffer=m.get("buffer", 20), priority=m.get("priority", 50))
+    return memory_settings(get_map(args, "memory", {}))
 
 
 # --- callable by anyone holding a credential -----------------------------------------------
 
-@hypercall("ping", ROOT, CHILD)
+@hypercall(hc.PING, ROOT, CHILD)
 def _ping(hv: "Hypervisor", req: Request):
     """Liveness: answers the hypervisor's pid."""
     return {"pid": hv.pid}
@@ -66,13 +59,13 @@ def _ping(hv: "Hypervisor", req: Request):
 
 # --- root partition only ---------------------------------------------------------------------
 
-@hypercall("get-host-info", ROOT)
+@hypercall(hc.GET_HOST_INFO, ROOT)
 def _host_info(hv, req):
     """Host capacity and what is still free in the CPU and memory ledgers."""
     return hv.host_info()
 
 
-@hypercall("create-partition", ROOT)
+@hypercall(hc.CREATE_PARTITION, ROOT)
 def _create(hv, req):
     """Create a child partition for a VM; admits it to the CPU and memory ledgers."""
     return hv.create_partition(vm_id=get_str(req.args, "vm_id", max_len=64),
@@ -81,38 +74,38 @@ def _create(hv, req):
                                processor=processor_from(req.args), memory=memory_from(req.args))
 
 
-@hypercall("attach-guest", ROOT)
+@hypercall(hc.ATTACH_GUEST, ROOT)
 def _attach(hv, req):
     """Register the partition's guest process (it must be a child of the partition's worker)."""
     return hv.attach_guest(get_str(req.args, "partition_id"), get_int(req.args, "guest_pid", lo=1))
 
 
-@hypercall("delete-partition", ROOT)
+@hypercall(hc.DELETE_PARTITION, ROOT)
 def _delete(hv, req):
     """Free a partition and everything the ledgers hold for it."""
     hv.free_partition(hv.partitions.get(get_str(req.args, "partition_id")), "deleted")
     return {}
 
 
-@hypercall("suspend-partition", ROOT)
+@hypercall(hc.SUSPEND_PARTITION, ROOT)
 def _suspend(hv, req):
     """Stop every process of the partition (no CPU until resumed)."""
     return hv.set_suspended(hv.partitions.get(get_str(req.args, "partition_id")), True)
 
 
-@hypercall("resume-partition", ROOT)
+@hypercall(hc.RESUME_PARTITION, ROOT)
 def _resume(hv, req):
     """Continue a suspended partition."""
     return hv.set_suspended(hv.partitions.get(get_str(req.args, "partition_id")), False)
 
 
-@hypercall("set-processor", ROOT)
+@hypercall(hc.SET_PROCESSOR, ROOT)
 def _set_processor(hv, req):
     """Change a running partition's CPU settings (admission re-checked)."""
     return hv.set_processor(hv.partitions.get(get_str(req.args, "partition_id")), processor_from(req.args))
 
 
-@hypercall("check-processor", ROOT)
+@hypercall(hc.CHECK_PROCESSOR, ROOT)
 def _check_processor(hv, req):
     """Would these CPU settings be admitted now? (vmms asks before it starts a worker)"""
     s = processor_from(req.args)
@@ -121,19 +114,19 @@ def _check_processor(hv, req):
     return {}
 
 
-@hypercall("set-memory", ROOT)
+@hypercall(hc.SET_MEMORY, ROOT)
 def _set_memory(hv, req):
     """Change a running partition's memory settings (only what Hyper-V allows while running)."""
     return hv.set_memory(hv.partitions.get(get_str(req.args, "partition_id")), memory_from(req.args))
 
 
-@hypercall("list-partitions", ROOT)
+@hypercall(hc.LIST_PARTITIONS, ROOT)
 def _list(hv, req):
     """Every partition with its CPU and memory ledger figures."""
     return [hv.partition_stats(p) for p in hv.partitions]
 
 
-@hypercall("shutdown", ROOT)
+@hypercall(hc.SHUTDOWN, ROOT)
 def _shutdown(hv, req):
     """Stop the hypervisor (continues and frees every partition first)."""
     hv.running = False
@@ -142,17 +135,20 @@ def _shutdown(hv, req):
 
 # --- a child partition, about itself only ------------------------------------------------------
 
-@hypercall("report-memory-demand", CHILD)
+@hypercall(hc.REPORT_MEMORY_DEMAND, CHILD)
 def _report_demand(hv, req):
     """The guest's committed memory (Dynamic Memory pressure report). Speaks only for itself."""
     part = req.context["partition"]
     return hv.report_memory_demand(part, get_int(req.args, "demand", lo=0, hi=1 << 50))
 
 
-@hypercall("get-own-stats", CHILD)
+@hypercall(hc.GET_OWN_STATS, CHILD)
 def _own_stats(hv, req):
     """The calling partition's own ledger figures."""
     return hv.partition_stats(req.context["partition"])
+
+
+assert set(HYPERCALLS) == hc.HYPERCALL_NAMES, "hypercall_defs names a hypercall with no handler"
 
 
 def authorize(hv: "Hypervisor", req: Request) -> None:

@@ -5,9 +5,9 @@ clock; the hypervisor drives it with method calls (passing `now` where time matt
 makes the answers real by resizing each partition's `GuestMemory`.
 
 Key types:
-- `MemorySettings` — Startup / Minimum / Maximum / Buffer / Priority of one VM, plus whether
-  dynamic memory is on. `validate()` rejects bad values; `check_running_change()` says which
-  fields may change while the VM runs (Maximum up, Minimum down, Buffer, Priority).
+- `MemorySettings` (defined in hypervisor/hypercall_defs.py, with `check_running_change()`, so
+  callers need not import the ledger) — Startup / Minimum / Maximum / Buffer / Priority of one
+  VM, plus whether dynamic memory is on.
 - `MemoryLedger` — the pool (capacity minus the root partition's reserve) and what each
   partition holds. `admit()` assigns Startup or refuses with `InsufficientMemory`;
   `report_demand()` records a guest's committed bytes; `balance()` moves dynamic partitions
@@ -21,20 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hypervisor.hypercall_defs import GRANULE, MIB, MemorySettings, check_size, is_int
+from hypervisor.hypercall_defs import check_running_change  # noqa: F401 (tests reach it here too)
 from hypervisor.runtime.errors import HvError
-
-MIB = 1024 * 1024
-GRANULE = 2 * MIB
-
-
-def _is_int(value: object) -> bool:
-    # bool is a subclass of int; True must not pass for "1 byte".
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_size(field: str, value: object) -> None:
-    if not _is_int(value) or value <= 0 or value % GRANULE:
-        raise HvError("BadRequest", f"{field} must be a positive multiple of 2 MiB, got {value!r}")
 
 
 def _round_up(nbytes: int) -> int:
@@ -43,52 +32,6 @@ def _round_up(nbytes: int) -> int:
 
 def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
-
-
-@dataclass(frozen=True)
-class MemorySettings:
-    """One VM's memory configuration, as `Set-VMMemory` knows it."""
-
-    dynamic: bool = False
-    startup: int = 512 * MIB
-    minimum: int = 512 * MIB
-    maximum: int = 1024 * 1024 * MIB  # 1 TiB, Hyper-V's default MaximumBytes
-    buffer: int = 20  # percent of demand kept spare, 5..2000
-    priority: int = 50  # weight under contention, 0..100
-
-    def validate(self) -> None:
-        """Raise HvError("BadRequest") naming the first field that breaks a rule."""
-        if not isinstance(self.dynamic, bool):
-            raise HvError("BadRequest", f"dynamic must be true or false, got {self.dynamic!r}")
-        for field in ("startup", "minimum", "maximum"):
-            _check_size(field, getattr(self, field))
-        if self.dynamic and not self.minimum <= self.startup <= self.maximum:
-            raise HvError(
-                "BadRequest",
-                f"dynamic memory needs minimum <= startup <= maximum, got minimum "
-                f"{self.minimum // MIB} MB, startup {self.startup // MIB} MB, "
-                f"maximum {self.maximum // MIB} MB",
-            )
-        if not _is_int(self.buffer) or not 5 <= self.buffer <= 2000:
-            raise HvError("BadRequest", f"buffer must be an integer from 5 to 2000, got {self.buffer!r}")
-        if not _is_int(self.priority) or not 0 <= self.priority <= 100:
-            raise HvError("BadRequest", f"priority must be an integer from 0 to 100, got {self.priority!r}")
-
-
-def check_running_change(old: MemorySettings, new: MemorySettings) -> None:
-    """Refuse, with HvError("InvalidState") naming the field, a change a running VM cannot take.
-
-    While running, Maximum may only go up and Minimum only down (so the current assignment stays
-    inside the range); Buffer and Priority are free; dynamic and Startup are fixed.
-    """
-    if new.dynamic != old.dynamic:
-        raise HvError("InvalidState", "dynamic memory cannot be turned on or off while the VM is running")
-    if new.startup != old.startup:
-        raise HvError("InvalidState", "startup cannot change while the VM is running")
-    if new.minimum > old.minimum:
-        raise HvError("InvalidState", "minimum can only be lowered while the VM is running")
-    if new.maximum < old.maximum:
-        raise HvError("InvalidState", "maximum can only be raised while the VM is running")
 
 
 def _water_fill(budget: int, claims: list[tuple[str, int, int]]) -> dict[str, int]:
@@ -144,8 +87,8 @@ class MemoryLedger:
     """The host memory pool and every partition's share of it."""
 
     def __init__(self, capacity: int, root_reserve: int):
-        _check_size("capacity", capacity)
-        if not _is_int(root_reserve) or root_reserve < 0 or root_reserve % GRANULE:
+        check_size("capacity", capacity)
+        if not is_int(root_reserve) or root_reserve < 0 or root_reserve % GRANULE:
             raise HvError("BadRequest", f"root_reserve must be a multiple of 2 MiB, got {root_reserve!r}")
         if root_reserve >= capacity:
             raise HvError("BadRequest", "root_reserve must be smaller than capacity")
@@ -232,7 +175,7 @@ class MemoryLedger:
 
     def report_demand(self, pid: str, demand: int) -> None:
         """Record the guest's committed bytes; `balance()` acts on it."""
-        if not _is_int(demand) or demand < 0:
+        if not is_int(demand) or demand < 0:
             raise HvError("BadRequest", f"demand must be a non-negative integer, got {demand!r}")
         self._get(pid).demand = demand
 

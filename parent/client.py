@@ -6,7 +6,7 @@
     c.call("start-vm", vm="web1")
     [vm["State"] for vm in c.call("get-vm")]
 
-Ops and their arguments are vmms's control ops (parent/control_ops.py). Errors raise
+Ops and their arguments are vmms's control ops (parent/control/). Errors raise
 `HvError` with a stable `.code`; `Unavailable` means the host is not running.
 """
 from __future__ import annotations

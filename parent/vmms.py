@@ -4,10 +4,17 @@ It keeps VM configurations (durable), answers the control socket, publishes even
 launches and supervises one `vmwp` per running VM. It never runs a guest and never touches a
 ledger: partitions are the hypervisor's, created by each VM's worker.
 
-One thread, one loop over: the control ROUTER, each worker's DEALER and pidfd, a signal pipe.
-Long operations (start, stop, reset) never block the loop: their replies are deferred until
-the worker reports, each with a deadline. Killing vmms stops no VM; a restarted vmms finds its
-workers again through their pid files (one asynchronous attach per VM).
+One thread, one loop over: the control ROUTER, each worker's DEALER and pidfd, the driver
+hosts' descriptors, a signal pipe. Long operations (start, stop, reset) never block the loop:
+their replies are deferred until the worker reports, each with a deadline. Killing vmms stops
+no VM; a restarted vmms finds its workers again through their pid files (one asynchronous
+attach per VM).
+
+`Vmms` owns its collaborators from the start: the config store, the worker fork-server (made
+by `main` before any ZeroMQ context), the sockets, the driver supervisor and the disk meter.
+The control ops (parent/control/, one table) act on it only through its methods: `find`,
+`lock` / `unlock`, `launch`, `save_config`, `add_vm` / `forget_vm`, `set_state`, `worker_call`,
+`begin_host_shutdown` / `stop_serving`, and the views.
 """
 from __future__ import annotations
 
@@ -16,51 +23,67 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 import setproctitle
+import zmq
 
-from hypervisor.runtime import signal_wakeup
+from hypervisor import hypercall_defs as hc
+from hypervisor.runtime import signal_wakeup, wire
 from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.logging_setup import configure
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile, read_pid, holder_pid
-from hypervisor.runtime.rpc_server import DEFERRED, Request
+from hypervisor.runtime.rpc_client import RpcClient
+from hypervisor.runtime.rpc_server import DEFERRED, Request, RpcServer, bind_router
 from parent.config_store import ConfigStore
+from parent.control import CONTROL_OPS
+from parent.control.disk_ops import check_disks_for_start
+from parent.disk_metering import DiskMeter
+from parent.driver_supervisor import DriverSupervisor
+from parent.drivers import registry
+from parent.vm_devices import enabled_services, vm_devices
+from parent.vm_record import VmRecord
+from parent.worker_supervisor import ForkServer, WorkerHandle, find_live_workers
 from worker.vm_state import VmState
 
-START_TIMEOUT = 30.0
 WORKER_OP_TIMEOUT = 10.0
 
 
-@dataclass
-class VmRecord:
-    config: dict
-    state: VmState = VmState.Off
-    worker: object | None = None          # WorkerHandle while a worker exists
-    busy: str | None = None               # the operation holding this VM's lock
-    # (callback, deadline): callback(err) with err None on success
-    start_waiters: list = field(default_factory=list)   # called at Running (or failure)
-    exit_waiters: list = field(default_factory=list)    # called when the worker has exited
-
-    @property
-    def id(self) -> str:
-        return self.config["id"]
-
-    @property
-    def name(self) -> str:
-        return self.config["name"]
-
-
 class Vmms:
-    def __init__(self, home: Home, log):
+    def __init__(self, home: Home, log, forkserver: ForkServer, boot: bool = False):
         self.home = home
         self.log = log
+        self.forkserver = forkserver          # made before any ZeroMQ context (DESIGN.md §1)
+        self.boot = boot                      # host boot: run automatic start actions
         self.store = ConfigStore(home)
         self.vms: dict[str, VmRecord] = {}
-        self.by_fd: dict[int, VmRecord] = {}
+        self.by_fd: dict[int, VmRecord] = {}  # worker pidfd -> its VM
+        self.socks: dict = {}                 # worker DEALER -> its VM
+        self.fd_handlers: dict = {}           # fd -> callback (driver hosts: parent/driver_supervisor.py)
         self.running = True
+        self.host_stopping = False            # host-shutdown: workers' exits keep was_running
         self._hv = None
         self._stats: tuple[float, dict] | None = None
+        self.ctx = zmq.Context()
+        old = os.umask(0o077)
+        try:
+            self.router = bind_router(self.ctx, self.home.control_endpoint)
+            # XPUB: vmms sees each new subscription and confirms it (see client.EventStream)
+            self.pub = self.ctx.socket(zmq.XPUB)
+            self.pub.setsockopt(zmq.LINGER, 0)
+            self.pub.setsockopt(zmq.SNDHWM, 10000)
+            self.pub.bind(self.home.events_endpoint)
+        finally:
+            os.umask(old)
+        self.server = RpcServer(self.router, {name: (lambda req, op=op: op.handler(self, req))
+                                              for name, op in CONTROL_OPS.items()}, self.log)
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.pub, zmq.POLLIN)
+        self.drivers = DriverSupervisor(home, log, self.watch_fd, self.unwatch_fd,
+                                        self.on_driver_state)
+        self.disk_meter = DiskMeter()         # measure-vm's disk bytes, from the storage driver
+        self.drivers.on_stats = self.disk_meter.observe
 
     # --- lookups ------------------------------------------------------------------------------
     def find(self, arg) -> VmRecord:
@@ -79,7 +102,7 @@ class Vmms:
 
     def watch_fd(self, fd: int, callback) -> None:
         self.fd_handlers[fd] = callback
-        self.poller.register(fd, self.zmq.POLLIN)
+        self.poller.register(fd, zmq.POLLIN)
 
     def unwatch_fd(self, fd: int) -> None:
         if self.fd_handlers.pop(fd, None) is not None:
@@ -88,14 +111,47 @@ class Vmms:
             except KeyError:
                 pass
 
-    def lock(self, rec: VmRecord, op: str) -> None:
-        if rec.busy is not None:
+    # --- a VM's lock and configuration -------------------------------------------------------
+    def lock(self, rec: VmRecord, op: str, override: bool = False) -> None:
+        """Take the VM's lock for `op`; Busy if another op holds it, unless `override` (turning
+        off or removing a VM takes over from whatever was in progress)."""
+        if rec.busy is not None and not override:
             raise HvError("Busy", f"VM '{rec.name}' is busy with {rec.busy}; try again")
         rec.busy = op
 
+    def unlock(self, rec: VmRecord, op: str | None = None) -> None:
+        """Release the VM's lock (only if `op` holds it, when `op` is given)."""
+        if op is None or rec.busy == op:
+            rec.busy = None
+
+    def save_config(self, rec: VmRecord) -> None:
+        self.store.save(rec.config)
+
+    def add_vm(self, rec: VmRecord) -> None:
+        """A new VM: saved, then known."""
+        self.save_config(rec)
+        self.vms[rec.id] = rec
+        self.publish(rec, "created")
+        self.log.info("vm_created", vm_id=rec.id, vm_name=rec.name)
+
+    def forget_vm(self, rec: VmRecord) -> None:
+        """A removed VM (without a worker): its configuration deleted, then unknown."""
+        self.store.remove(rec.id)
+        self.vms.pop(rec.id, None)
+        self.publish(rec, "removed")
+        self.log.info("vm_removed", vm_id=rec.id, vm_name=rec.name)
+
+    # --- the host -----------------------------------------------------------------------------
+    def begin_host_shutdown(self) -> None:
+        """From now on a worker's exit is the host's doing: the VM keeps `was_running`."""
+        self.host_stopping = True
+
+    def stop_serving(self) -> None:
+        """Leave the loop after this turn (replies already queued still go out)."""
+        self.running = False
+
     # --- the hypervisor ---------------------------------------------------------------------
     def hv_call(self, op: str, args: dict | None = None, timeout: float = 2.0):
-        from hypervisor.runtime.rpc_client import RpcClient
         if self._hv is None:
             try:
                 cred = self.home.root_credential_file.read_text().strip()
@@ -126,7 +182,7 @@ class Vmms:
         if not fresh and self._stats is not None and now - self._stats[0] < self.STATS_MAX_AGE:
             return self._stats[1]
         try:
-            stats = {p["vm_id"]: p for p in self.hv_call("list-partitions", timeout=1.0)}
+            stats = {p["vm_id"]: p for p in self.hv_call(hc.LIST_PARTITIONS, timeout=1.0)}
         except HvError:
             return {}
         self._stats = (now, stats)
@@ -136,18 +192,16 @@ class Vmms:
     def publish(self, rec: VmRecord, event: str, **payload) -> None:
         body = {"VMId": rec.id, "VMName": rec.name, "Event": event, "State": rec.state.value,
                 "Time": time.time(), **payload}
-        from hypervisor.runtime import wire
         try:
             self.pub.send_multipart([f"vm.{rec.id}.{event}".encode(), wire.pack(body)])
         except Exception as exc:  # a slow subscriber must never stop the loop
             self.log.info("event_dropped", error=str(exc))
 
     def confirm_subscriptions(self) -> None:
-        from hypervisor.runtime import wire
         while True:
             try:
-                frame = self.pub.recv(self.zmq.NOBLOCK)
-            except self.zmq.Again:
+                frame = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
                 return
             if frame[:1] == b"\x01":  # a new subscription to prefix frame[1:]
                 topic = frame[1:] + b"subscribed"
@@ -163,26 +217,52 @@ class Vmms:
             rec.state = state
             self.publish(rec, "state", **payload)
 
-    def save_config(self, rec: VmRecord) -> None:
-        self.store.save(rec.config)
+    # --- drivers ------------------------------------------------------------------------------
+    def ensure_drivers(self, rec: VmRecord) -> None:
+        """Load every driver the VM's devices need (a driver no longer installed is reported to
+        the worker as failed, so the guest's device errors instead of waiting)."""
+        for name in sorted({d["driver"] for d in vm_devices(rec)}):
+            try:
+                self.drivers.ensure(name)
+            except HvError as err:
+                self.log.warning("driver_unavailable", driver=name, vm_id=rec.id, error=err.message)
+
+    def driver_failures(self, rec: VmRecord) -> dict[str, str]:
+        """{driver: reason} for each driver the VM's devices need that cannot serve them."""
+        wanted = {d["driver"] for d in vm_devices(rec)}
+        out = {n: r for n, r in self.drivers.failures().items() if n in wanted}
+        installed = registry.installed()
+        for name in wanted - set(installed):
+            out[name] = f"driver {name} is not installed"
+        return out
+
+    def on_driver_state(self, name: str, state: str, reason: str) -> None:
+        """The driver supervisor's news (back, or failed), for the workers whose VMs use it."""
+        for rec in self.vms.values():
+            if rec.worker is not None and any(d["driver"] == name for d in vm_devices(rec)):
+                rec.worker.send("driver-state", {"driver": name, "state": state, "reason": reason},
+                                lambda ok, res: None, 5.0)
 
     # --- workers ----------------------------------------------------------------------------
     def launch(self, rec: VmRecord) -> None:
-        from parent.worker_supervisor import WorkerHandle
-        from parent import driver_ops, integration_ops
-        driver_ops.ensure_for(self, rec)  # the driver hosts its devices need
+        """Fork the VM's worker (after loading the driver hosts its devices need) and adopt it."""
+        self.ensure_drivers(rec)
         self.disk_meter.vm_started(rec.id)
+        cfg = rec.config
         launch = {"vm_id": rec.id, "name": rec.name, "home": str(self.home.root),
-                  "config": {**{k: rec.config[k] for k in ("guest", "processor", "memory")},
-                             **integration_ops.launch_config(self, rec)}}
+                  "config": {**{k: cfg[k] for k in ("guest", "processor", "memory")},
+                             "integration_services": enabled_services(rec),
+                             "kvp_host": dict(cfg.get("kvp_host") or {}),
+                             "com_ports": dict(cfg.get("com_ports") or {}),
+                             "devices": vm_devices(rec), "driver_failures": self.driver_failures(rec)}}
         pid = self.forkserver.launch(launch)
         self.adopt(rec, WorkerHandle(self.ctx, self.home, rec.id, pid, self.on_worker_status))
 
     def adopt(self, rec: VmRecord, handle) -> None:
         rec.worker = handle
         self.by_fd[handle.pidfd] = rec
-        self.poller.register(handle.pidfd, self.zmq.POLLIN)
-        self.poller.register(handle.sock, self.zmq.POLLIN)
+        self.poller.register(handle.pidfd, zmq.POLLIN)
+        self.poller.register(handle.sock, zmq.POLLIN)
         self.socks[handle.sock] = rec
         handle.send("attach", {}, lambda ok, res: ok and self.on_worker_status(handle, res), 5.0)
 
@@ -200,7 +280,7 @@ class Vmms:
         self.set_state(rec, state, Heartbeat=status.get("heartbeat"))
         if state == VmState.Running:
             if rec.start_waiters and rec.busy in ("start-vm", "restart-vm"):
-                rec.busy = None
+                self.unlock(rec)
             self.call_waiters(rec.start_waiters, None)
 
     def on_worker_exit(self, rec: VmRecord) -> None:
@@ -237,13 +317,12 @@ class Vmms:
             self.publish(rec, "crashed", Reason=reason)
         err = HvError(error["code"], error["message"]) if error else \
             HvError("InvalidState", f"VM '{rec.name}' stopped while starting: {reason}")
-        rec.busy = None
+        self.unlock(rec)
         self.call_waiters(rec.start_waiters, err)
         self.call_waiters(rec.exit_waiters, None)
         self.log.info("worker_exited", vm_id=rec.id, vm_name=rec.name, reason=reason)
 
     def reattach(self) -> None:
-        from parent.worker_supervisor import WorkerHandle, find_live_workers
         live, stale = find_live_workers(self.home)
         for path in stale:
             path.unlink(missing_ok=True)
@@ -259,8 +338,7 @@ class Vmms:
                 continue
             rec.state = VmState.Running  # provisional; the attach answer tells the truth
             self.adopt(rec, handle)
-            from parent import driver_ops
-            driver_ops.ensure_for(self, rec)  # its devices' driver hosts (they exit with vmms)
+            self.ensure_drivers(rec)  # its devices' driver hosts (they exit with vmms)
             self.log.info("worker_reattached", vm_id=vm_id, vm_name=rec.name, pid=pid)
 
     def worker_call(self, rec: VmRecord, req: Request, op: str, args: dict,
@@ -270,8 +348,7 @@ class Vmms:
             raise HvError("InvalidState", f"VM '{rec.name}' is not running")
 
         def done(ok: bool, res) -> None:
-            if rec.busy == req.op:
-                rec.busy = None
+            self.unlock(rec, req.op)
             if not ok:
                 self.server.reply_error(req, res)
             elif on_ok is not None:
@@ -305,7 +382,7 @@ class Vmms:
             for waiters, what in ((rec.start_waiters, "reach Running"), (rec.exit_waiters, "turn off")):
                 for item in [w for w in waiters if w[1] <= now]:
                     waiters.remove(item)
-                    rec.busy = None
+                    self.unlock(rec)
                     item[0](HvError("Timeout", f"VM '{rec.name}' did not {what} in time"))
                     if what == "turn off" and rec.worker is not None:
                         os.kill(rec.worker.pid, signal.SIGKILL)  # a hung worker: pull the cord
@@ -357,49 +434,19 @@ class Vmms:
             action = rec.config["automatic_start_action"]
             if rec.worker is None and (action == "Start" or (action == "StartIfRunning" and rec.config.get("was_running"))):
                 try:
-                    from parent.disk_ops import check_disks_for_start
                     check_disks_for_start(self, rec)
                     self.lock(rec, "start-vm")
                     self.set_state(rec, VmState.Starting)
                     self.launch(rec)
-                    rec.busy = None
+                    self.unlock(rec)
                 except HvError as err:
-                    rec.busy = None
+                    self.unlock(rec)
                     self.set_state(rec, VmState.Off)
                     self.log.warning("automatic_start_failed", vm_id=rec.id, error=err.message)
 
     def serve(self) -> None:
-        import zmq
-
-        from hypervisor.runtime.rpc_server import RpcServer, bind_router
-        from parent.control_ops import CONTROL_OPS
-        self.zmq = zmq
-        self.ctx = zmq.Context()
-        old = os.umask(0o077)
-        try:
-            router = bind_router(self.ctx, self.home.control_endpoint)
-            # XPUB: vmms sees each new subscription and confirms it (see client.EventStream)
-            self.pub = self.ctx.socket(zmq.XPUB)
-            self.pub.setsockopt(zmq.LINGER, 0)
-            self.pub.setsockopt(zmq.SNDHWM, 10000)
-            self.pub.bind(self.home.events_endpoint)
-        finally:
-            os.umask(old)
-        self.server = RpcServer(router, {name: (lambda req, op=op: op.handler(self, req))
-                                         for name, op in CONTROL_OPS.items()}, self.log)
-        self.poller = zmq.Poller()
-        self.poller.register(router, zmq.POLLIN)
-        self.socks: dict = {}
-        self.fd_handlers: dict = {}   # fd -> callback (driver hosts: parent/driver_supervisor.py)
-        from parent import driver_ops
-        driver_ops.setup(self)
-        from parent.disk_metering import DiskMeter
-        self.disk_meter = DiskMeter()        # measure-vm's disk bytes, from the storage driver
-        self.drivers.on_stats = self.disk_meter.observe
-        self.host_stopping = False
         rfd = signal_wakeup.install()
         self.poller.register(rfd, zmq.POLLIN)
-        self.poller.register(self.pub, zmq.POLLIN)
         for config in self.store.load_all(self.log):
             self.vms[config["id"]] = VmRecord(config=config, state=VmState(config.get("state", "Off")))
         self.reattach()
@@ -409,7 +456,7 @@ class Vmms:
         try:
             while self.running:
                 for sock, _ in self.poller.poll(100):
-                    if sock is router:
+                    if sock is self.router:
                         self.server.drain()
                     elif sock == rfd:
                         if signal_wakeup.stop_requested(rfd):
@@ -429,15 +476,18 @@ class Vmms:
                     self.expire_waiters()
                     self.drivers.tick(now)
         finally:
-            self.drivers.close()
-            self.pub.close(0)
-            router.close(0)
-            for rec in self.vms.values():
-                if rec.worker is not None:
-                    rec.worker.close()
-            if self._hv is not None:
-                self._hv.close()
-            self.ctx.term()
+            self.close()
+
+    def close(self) -> None:
+        self.drivers.close()
+        self.pub.close(0)
+        self.router.close(0)
+        for rec in self.vms.values():
+            if rec.worker is not None:
+                rec.worker.close()
+        if self._hv is not None:
+            self._hv.close()
+        self.ctx.term()
 
 
 def main(argv=None) -> None:
@@ -448,15 +498,11 @@ def main(argv=None) -> None:
     home = Home.resolve(args.home)
     setproctitle.setproctitle(f"vmms {home.root}")
     home.ensure()
-    from hypervisor.runtime.logging_setup import configure
     log = configure(home.logs_dir, "vmms")
     pidfile = PidFile(home.pidfile("vmms"))
     pidfile.acquire()
-    from parent.worker_supervisor import ForkServer
     forkserver = ForkServer(home)  # before any ZeroMQ context exists in this process
-    vmms = Vmms(home, log)
-    vmms.forkserver = forkserver
-    vmms.boot = args.boot
+    vmms = Vmms(home, log, forkserver, boot=args.boot)
     log.info("vmms_started", hypervisor_pid=read_pid(home.pidfile("hypervisor")))
     try:
         vmms.serve()

@@ -18,6 +18,7 @@ import time
 
 import setproctitle
 
+from hypervisor import hypercall_defs as hc
 from hypervisor.runtime import signal_wakeup
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
@@ -127,11 +128,11 @@ class Worker:
         self.guest_fd = os.pidfd_open(guest_pid)
         self.poller.register(self.guest_fd, self.zmq.POLLIN)
         cfg = self.config
-        made = self.hv.call("create-partition", {
+        made = self.hv.call(hc.CREATE_PARTITION, {
             "vm_id": self.vm_id, "name": self.name, "worker_pid": os.getpid(),
             "processor": cfg.get("processor", {}), "memory": cfg.get("memory", {})})
         self.partition_id = made["partition_id"]
-        self.hv.call("attach-guest", {"partition_id": self.partition_id, "guest_pid": guest_pid})
+        self.hv.call(hc.ATTACH_GUEST, {"partition_id": self.partition_id, "guest_pid": guest_pid})
         processor = cfg.get("processor", {})
         link.send({"t": "boot", "program": cfg.get("guest", "idle"),
                    "vps": processor.get("count", 1), "memory_path": made["memory_path"],
@@ -181,7 +182,7 @@ class Worker:
     def free_partition(self) -> None:
         if self.partition_id is not None:
             try:
-                self.hv.call("delete-partition", {"partition_id": self.partition_id}, timeout=2.0)
+                self.hv.call(hc.DELETE_PARTITION, {"partition_id": self.partition_id}, timeout=2.0)
             except HvError as err:
                 self.log.info("partition_free_failed", error=err.message)  # it frees on our exit anyway
             self.partition_id = None
@@ -314,7 +315,7 @@ class Worker:
         begin(self.state, "suspend", self.name)
         self.set_state(VmState.Pausing)
         try:
-            self.hv.call("suspend-partition", {"partition_id": self.partition_id})
+            self.hv.call(hc.SUSPEND_PARTITION, {"partition_id": self.partition_id})
         except HvError:
             self.set_state(VmState.Running)
             raise
@@ -323,7 +324,7 @@ class Worker:
         return self.status()
 
     def _resume_partition(self) -> None:
-        self.hv.call("resume-partition", {"partition_id": self.partition_id})
+        self.hv.call(hc.RESUME_PARTITION, {"partition_id": self.partition_id})
         if self.paused_since is not None:
             self.paused_total += time.time() - self.paused_since
             self.paused_since = None
@@ -359,14 +360,14 @@ class Worker:
     def op_set_processor(self, req):
         self.config["processor"] = req.args.get("processor", {})
         if self.partition_id is not None:
-            self.hv.call("set-processor", {"partition_id": self.partition_id,
+            self.hv.call(hc.SET_PROCESSOR, {"partition_id": self.partition_id,
                                            "processor": self.config["processor"]})
         return {}
 
     def op_set_memory(self, req):
         self.config["memory"] = req.args.get("memory", {})
         if self.partition_id is not None:
-            return self.hv.call("set-memory", {"partition_id": self.partition_id,
+            return self.hv.call(hc.SET_MEMORY, {"partition_id": self.partition_id,
                                                "memory": self.config["memory"]})
         return {}
 

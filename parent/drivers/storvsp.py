@@ -3,7 +3,7 @@
 Devices in three parts (STYLE.md): the wire protocol is worker/vmbus/storvsp_protocol.py (shared
 with the guest's VSC, worker/guest/block_client.py); the configuration is the device's settings
 (`path`, `controller_location`: what vmms derives from a VM's `hard_disk_drives`,
-parent/disk_ops.py `storage_devices`); this module is the implementation. It talks to the disk
+parent/vm_devices.py `storage_devices`); this module is the implementation. It talks to the disk
 only through the disk-backend interface (parent/storage/disk_backend.py: read, write, flush),
 so VHDX is just the first backend.
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from parent.disk_ops import lock_holders
+from parent.control.disk_ops import lock_holders
 from tests.conftest import wait_until
 from worker.guest import disk_pattern
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from hypervisor.runtime.errors import HvError
-from parent import disk_ops as d
+from parent.control import disk_ops as d
 from parent.storage.disk_backend import create_disk, open_disk
-from parent.vmms import VmRecord
+from parent.vm_record import VmRecord
 
 MIB = 1 << 20
 

@@ -16,6 +16,8 @@ import mmap
 import os
 import time
 
+from hypervisor import hypercall_defs as hc
+
 MIB = 1 << 20
 REPORT_INTERVAL = 0.5
 TOUCH_STEP = 32 * MIB
@@ -77,7 +79,7 @@ class GuestRam:
             self._client = RpcClient(self.endpoint, auth=self.credential, timeout=1.0,
                                      name="the hypervisor")
         try:
-            reply = self._client.call("report-memory-demand", {"demand": self.target})
+            reply = self._client.call(hc.REPORT_MEMORY_DEMAND, {"demand": self.target})
         except HvError:
             return  # the next report retries; the guest keeps what it has meanwhile
         assigned = int(reply.get("assigned", self.assigned))

@@ -1,8 +1,8 @@
 """Control ops for what the hypervisor's ledgers govern: processors (Set-VMProcessor), memory
-(Set-VMMemory) and resource metering (Measure-VM). They register into the one table in
-parent/control_ops.py.
+(Set-VMMemory) and resource metering (Measure-VM), registered in parent/control/op_table.py.
 
-Settings are validated here with the hypervisor's own types (the one place each rule lives);
+Settings are validated here with the hypervisor's own types (hypervisor/hypercall_defs.py, the
+one place each rule lives);
 a running VM's change goes through its worker to the hypervisor, which re-checks admission,
 and is saved only once the hypervisor accepted it.
 """
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 
+from hypervisor.hypercall_defs import MIB, check_running_change, memory_settings, processor_settings
 from hypervisor.runtime.arg_checks import get_bool, get_int
-from hypervisor.cpu_scheduler import ProcessorSettings
 from hypervisor.runtime.errors import HvError
-from hypervisor.memory_ledger import MemorySettings, check_running_change
-from parent.control_ops import control_op, size_arg, vm_arg
+from parent.control.op_table import control_op, size_arg, vm_arg
 from worker.vm_state import VmState
 
-MIB = 1 << 20
 DM_DEFAULT_MINIMUM = 512 * MIB
 DM_DEFAULT_MAXIMUM = 1024 * 1024 * MIB   # Hyper-V's 1 TB default
 LIVE_STATES = (VmState.Running, VmState.Paused)
@@ -34,11 +32,6 @@ def memory_view(rec) -> dict:
     return {"VMName": rec.name, "DynamicMemoryEnabled": m["dynamic"], "Startup": m["startup"],
             "Minimum": m["minimum"], "Maximum": m["maximum"], "Buffer": m["buffer"],
             "Priority": m["priority"]}
-
-
-def settings_of(m: dict) -> MemorySettings:
-    return MemorySettings(dynamic=m["dynamic"], startup=m["startup"], minimum=m["minimum"],
-                          maximum=m["maximum"], buffer=m["buffer"], priority=m["priority"])
 
 
 def apply_change(vmms, rec, req, section: str, new: dict, worker_op: str, view):
@@ -74,7 +67,7 @@ def set_vmprocessor(vmms, req):
             new[key] = req.args[key]
     if new == rec.config["processor"]:
         return processor_view(rec)
-    ProcessorSettings(**new).validate(os.cpu_count() or 1)
+    processor_settings(new).validate(os.cpu_count() or 1)
     if new["count"] != rec.config["processor"]["count"] and rec.worker is not None:
         raise HvError("InvalidState", f"Count of VM '{rec.name}' can change only while it is Off")
     return apply_change(vmms, rec, req, "processor", new, "set-processor", processor_view)
@@ -111,9 +104,9 @@ def set_vmmemory(vmms, req):
             new["minimum"] = min(DM_DEFAULT_MINIMUM, new["startup"])
         if req.args.get("maximum_bytes") is None:
             new["maximum"] = max(DM_DEFAULT_MAXIMUM, new["startup"])
-    settings_of(new).validate()
+    memory_settings(new).validate()
     if rec.worker is not None:
-        check_running_change(settings_of(old), settings_of(new))
+        check_running_change(memory_settings(old), memory_settings(new))
     return apply_change(vmms, rec, req, "memory", new, "set-memory", memory_view)
 
 

@@ -1,74 +1,25 @@
-"""Control ops for parent-hosted drivers and the VMBus devices they serve, registered in the
-one table (parent/control_ops.py `CONTROL_OPS`).
+"""Control ops for parent-hosted drivers and the VMBus devices they serve, registered in
+parent/control/op_table.py.
 
 Drivers: `get-vmhostdriver`, `restart-vmhostdriver`. Devices (a VM's VMBus devices served by
-a driver; kept in the VM's configuration as `devices`: [{driver, instance_id, settings}]):
-`add-vmdevice`, `get-vmdevice`, `remove-vmdevice`. Also the glue vmms calls: `setup` (make
-the `DriverSupervisor`), `ensure_for` (load the drivers a starting VM needs).
+a driver; kept in the VM's configuration as `devices`: [{driver, instance_id, settings}], see
+parent/vm_devices.py): `add-vmdevice`, `get-vmdevice`, `remove-vmdevice`. Loading the drivers a
+VM needs and telling workers about driver states is vmms's (parent/vmms.py, `ensure_drivers`).
 """
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 from hypervisor.runtime.arg_checks import get_map, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import DEFERRED
-from parent.control_ops import control_op, vm_arg
+from parent.control.op_table import control_op, vm_arg
 from parent.drivers import registry
+from parent.vm_devices import DEVICES_KEY, devices_of
 from worker.vmbus.driver_protocol import check_driver_name
-
-if TYPE_CHECKING:
-    from parent.vmms import Vmms, VmRecord
 
 MAX_DEVICES = 16
 MAX_SETTINGS = 32
-
-
-# --- glue for vmms -------------------------------------------------------------------------------
-
-def setup(vmms: "Vmms") -> None:
-    """Create vmms's driver supervisor (after its poller exists)."""
-    from parent.driver_supervisor import DriverSupervisor
-    vmms.drivers = DriverSupervisor(vmms.home, vmms.log, vmms.watch_fd, vmms.unwatch_fd,
-                                    lambda name, state, reason: notify_workers(vmms, name, state, reason))
-
-
-def devices_of(rec: "VmRecord") -> list[dict]:
-    return list(rec.config.get("devices") or [])
-
-
-def vm_devices(rec: "VmRecord") -> list[dict]:
-    """Every VMBus device a running VM has: its own (`devices`) and its hard disk drives'
-    (one storvsp device each, parent/disk_ops.py)."""
-    from parent.disk_ops import storage_devices
-    return devices_of(rec) + storage_devices(rec)
-
-
-def ensure_for(vmms: "Vmms", rec: "VmRecord") -> None:
-    """Load every driver the VM's devices need (a driver no longer installed is reported to
-    the worker as failed, so the guest's device errors instead of waiting)."""
-    for name in sorted({d["driver"] for d in vm_devices(rec)}):
-        try:
-            vmms.drivers.ensure(name)
-        except HvError as err:
-            vmms.log.warning("driver_unavailable", driver=name, vm_id=rec.id, error=err.message)
-
-
-def failures_for(vmms: "Vmms", rec: "VmRecord") -> dict[str, str]:
-    wanted = {d["driver"] for d in vm_devices(rec)}
-    out = {n: r for n, r in vmms.drivers.failures().items() if n in wanted}
-    installed = registry.installed()
-    for name in wanted - set(installed):
-        out[name] = f"driver {name} is not installed"
-    return out
-
-
-def notify_workers(vmms: "Vmms", name: str, state: str, reason: str) -> None:
-    for rec in vmms.vms.values():
-        if rec.worker is not None and any(d["driver"] == name for d in vm_devices(rec)):
-            rec.worker.send("driver-state", {"driver": name, "state": state, "reason": reason},
-                            lambda ok, res: None, 5.0)
 
 
 # --- drivers -----------------------------------------------------------------------------------
@@ -127,12 +78,12 @@ def add_vmdevice(vmms, req):
     if len(devices) >= MAX_DEVICES:
         raise HvError("InvalidState", f"VM '{rec.name}' already has {MAX_DEVICES} devices")
     dev = {"driver": driver, "instance_id": str(uuid.uuid4()), "settings": settings}
-    rec.config["devices"] = devices + [dev]
+    rec.config[DEVICES_KEY] = devices + [dev]
     vmms.save_config(rec)
     if rec.worker is not None:
         vmms.drivers.ensure(driver)
         rec.worker.send("add-device", dev, lambda ok, res: None, 5.0)
-        for name, reason in failures_for(vmms, rec).items():
+        for name, reason in vmms.driver_failures(rec).items():
             if name == driver:
                 rec.worker.send("driver-state", {"driver": name, "state": "Failed", "reason": reason},
                                 lambda ok, res: None, 5.0)
@@ -162,7 +113,7 @@ def remove_vmdevice(vmms, req):
     devices = devices_of(rec)
     if not any(d["instance_id"] == instance for d in devices):
         raise HvError("NotFound", f"VM '{rec.name}' has no device {instance}")
-    rec.config["devices"] = [d for d in devices if d["instance_id"] != instance]
+    rec.config[DEVICES_KEY] = [d for d in devices if d["instance_id"] != instance]
     vmms.save_config(rec)
     if rec.worker is not None:
         rec.worker.send("remove-device", {"instance_id": instance}, lambda ok, res: None, 5.0)

@@ -1,127 +1,34 @@
-"""The one table of control ops vmms answers: name → handler, documented where it is defined.
+"""Control ops for a VM's life: new-vm, get-vm, start-vm, stop-vm, suspend-vm, resume-vm,
+restart-vm, remove-vm, set-vm, get-vmworkerprocess (registered in parent/control/op_table.py).
 
-Op names are the `hvctl` command names (CLI.md), so the table is also the list of what a client
-may ask. Each handler validates its arguments (BadRequest naming the field), takes the VM's
-lock when it changes the VM (a concurrent change answers Busy), and either answers at once or
-defers its reply until the worker reports.
+Start, stop and reset are carried out by the VM's worker: their replies are deferred until it
+reports (Running, or its exit), each with a deadline.
 """
 from __future__ import annotations
 
+import os
 import time
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
 
 from hypervisor.runtime.arg_checks import get_bool, get_float, get_int, get_str
 from hypervisor.runtime.errors import HvError
-from hypervisor.runtime.rpc_server import DEFERRED, Request
+from hypervisor.runtime.rpc_server import DEFERRED
+from parent.control.disk_ops import check_disks_for_start
+from parent.control.op_table import control_op, size_arg, vm_arg
 from parent.vm_names import check_name
-from hypervisor.runtime.sizes import parse_size
+from parent.vm_record import VmRecord
 from worker.guest.programs import parse_spec
 from worker.vm_state import VmState, begin
 from worker.worker_defs import STOP_TIMEOUT_DEFAULT
-
-if TYPE_CHECKING:
-    from parent.vmms import Vmms, VmRecord
 
 MIB = 1 << 20
 START_ACTIONS = ("Nothing", "StartIfRunning", "Start")
 STOP_ACTIONS = ("TurnOff", "Save", "ShutDown")
 
 
-@dataclass(frozen=True)
-class ControlOp:
-    handler: Callable[["Vmms", Request], object]
-    doc: str
-
-
-CONTROL_OPS: dict[str, ControlOp] = {}
-
-
-def control_op(name: str):
-    def register(fn):
-        CONTROL_OPS[name] = ControlOp(fn, (fn.__doc__ or "").strip())
-        return fn
-    return register
-
-
-def size_arg(args: dict, key: str, default=None) -> int | None:
-    value = args.get(key, default)
-    if value is None:
-        return None
-    n = parse_size(value)
-    if n <= 0 or n % (2 * MIB):
-        raise HvError("BadRequest", f"argument '{key}' must be a positive multiple of 2 MiB, got {n}")
-    return n
-
-
-def vm_arg(vmms: "Vmms", req: Request) -> "VmRecord":
-    return vmms.find(get_str(req.args, "vm", max_len=200))
-
-
-# --- host ----------------------------------------------------------------------------------------
-
-@control_op("ping")
-def ping(vmms, req):
-    """Liveness: answers vmms's pid."""
-    import os
-    return {"pid": os.getpid()}
-
-
-@control_op("get-vmhost")
-def get_vmhost(vmms, req):
-    """Host figures: processors, memory pool, reserves, daemon pids."""
-    import os
-    from hypervisor.runtime.pidfile import holder_pid
-    try:
-        info = vmms.hv_call("get-host-info")
-    except HvError:
-        info = {}
-    return {"LogicalProcessorCount": info.get("logical_processors", os.cpu_count()),
-            "MemoryCapacity": info.get("memory_capacity"),
-            "RootMemoryReserve": info.get("root_reserve"),
-            "MemoryAvailable": info.get("memory_available"),
-            "CpuReserveAvailable": info.get("cpu_reserve_available"),
-            "HypervisorProcessId": holder_pid(vmms.home.pidfile("hypervisor")),
-            "VmmsProcessId": os.getpid(), "Home": str(vmms.home.root)}
-
-
-@control_op("host-shutdown")
-def host_shutdown(vmms, req):
-    """Turn off every running VM, then stop vmms (the hypervisor is stopped by the caller)."""
-    vmms.host_stopping = True
-    running = [r for r in vmms.vms.values() if r.worker is not None]
-    for rec in running:
-        try:
-            import os
-            import signal
-            os.kill(rec.worker.pid, signal.SIGTERM)  # the worker turns its VM off and exits
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10.0
-    waiting = {"n": len(running)}
-
-    def finish():
-        vmms.running = False
-        vmms.server.reply(req, {"stopped": len(running)})
-    if not running:
-        finish()
-        return DEFERRED
-    def one(_err):
-        waiting["n"] -= 1
-        if waiting["n"] == 0:
-            finish()
-    for rec in running:
-        rec.exit_waiters.append((one, deadline))
-    return DEFERRED
-
-
-# --- VMs -----------------------------------------------------------------------------------------
-
 @control_op("new-vm")
 def new_vm(vmms, req):
     """Create a VM (Off). Args: name, memory_startup_bytes (512MB), processor_count (1), guest (idle)."""
-    import os
     name = check_name(req.args.get("name"))
     if any(r.name.lower() == name.lower() for r in vmms.vms.values()):
         raise HvError("AlreadyExists", f"a VM named '{name}' already exists")
@@ -135,12 +42,8 @@ def new_vm(vmms, req):
                          "maximum": startup, "buffer": 20, "priority": 50},
               "automatic_start_action": "StartIfRunning", "automatic_stop_action": "Save",
               "was_running": False, "last_exit_reason": None}
-    from parent.vmms import VmRecord
     rec = VmRecord(config=config)
-    vmms.save_config(rec)
-    vmms.vms[vm_id] = rec
-    vmms.publish(rec, "created")
-    vmms.log.info("vm_created", vm_id=vm_id, vm_name=name)
+    vmms.add_vm(rec)
     return vmms.vm_view(rec, {})
 
 
@@ -161,7 +64,7 @@ def start_vm(vmms, req):
     """Off or Saved → Running; answers once the guest's first heartbeat arrived."""
     rec = vm_arg(vmms, req)
     begin(rec.state, "start", rec.name)
-    disk_ops.check_disks_for_start(vmms, rec)  # attached disks valid and used by no one else
+    check_disks_for_start(vmms, rec)  # attached disks valid and used by no one else
     vmms.lock(rec, "start-vm")
     try:
         vmms.set_state(rec, VmState.Starting)
@@ -170,7 +73,7 @@ def start_vm(vmms, req):
         vmms.save_config(rec)
         vmms.launch(rec)
     except BaseException:
-        rec.busy = None
+        vmms.unlock(rec)
         vmms.set_state(rec, VmState.Off)
         raise
     rec.start_waiters.append((vmms.answer(req, rec),
@@ -192,7 +95,7 @@ def stop_vm(vmms, req):
         raise HvError("InvalidState", f"VM '{rec.name}' is {rec.state.value}")
     if turn_off:
         begin(rec.state, "turn-off", rec.name)
-        rec.busy = "stop-vm"  # turning off overrides whatever was in progress
+        vmms.lock(rec, "stop-vm", override=True)  # turning off overrides whatever was in progress
     else:
         begin(rec.state, "stop", rec.name)
         vmms.lock(rec, "stop-vm")
@@ -206,7 +109,7 @@ def stop_vm(vmms, req):
         if ok or rec.worker is not handle or waiter not in rec.exit_waiters:
             return
         rec.exit_waiters.remove(waiter)
-        rec.busy = None
+        vmms.unlock(rec)
         vmms.server.reply_error(req, err)
     args = {"mode": "turn-off" if turn_off else "shutdown", "force": force, "timeout": timeout}
     handle.send("stop", args, refused, timeout + 5.0)
@@ -247,24 +150,18 @@ def remove_vm(vmms, req):
     force = get_bool(req.args, "force", False)
     if rec.busy is not None and not force:
         raise HvError("Busy", f"VM '{rec.name}' is busy with {rec.busy}")
-
-    def forget(*_):
-        vmms.store.remove(rec.id)
-        vmms.vms.pop(rec.id, None)
-        vmms.publish(rec, "removed")
-        vmms.log.info("vm_removed", vm_id=rec.id, vm_name=rec.name)
     if rec.worker is None:
-        forget()
+        vmms.forget_vm(rec)
         return {"removed": rec.id}
     if not force:
         raise HvError("InvalidState", f"VM '{rec.name}' is {rec.state.value}; use --force to turn it off and remove it")
-    rec.busy = "remove-vm"
+    vmms.lock(rec, "remove-vm", override=True)
 
     def gone(err):
         if err is not None:
             vmms.server.reply_error(req, err)
             return
-        forget()
+        vmms.forget_vm(rec)
         vmms.server.reply(req, {"removed": rec.id})
     rec.exit_waiters.append((gone, time.monotonic() + 15.0))
     rec.worker.send("stop", {"mode": "turn-off"}, lambda ok, res: None, 10.0)
@@ -301,9 +198,3 @@ def get_vmworkerprocess(vmms, req):
         raise HvError("InvalidState", f"VM '{rec.name}' is not running")
     return {"VMName": rec.name, "VMId": rec.id, "ProcessId": rec.worker.pid,
             "GuestProcessId": rec.worker.status.get("guest_pid")}
-
-
-# ops of other areas register into the same table
-from parent import resource_ops  # noqa: E402,F401
-from parent import disk_ops  # noqa: E402,F401
-from parent import driver_ops, integration_ops  # noqa: E402,F401

@@ -1,10 +1,10 @@
 """Control ops for virtual hard disks (CLI.md "Virtual hard disks"): New-VHD, Get-VHD and a VM's
-hard disk drives (Add-, Get-, Remove-VMHardDiskDrive). They register into the one table in
-parent/control_ops.py.
+hard disk drives (Add-, Get-, Remove-VMHardDiskDrive), registered in parent/control/op_table.py.
 
 A VM's drives live in its configuration, `config["hard_disk_drives"]`: a list of
 `{"path", "controller_type", "controller_number", "controller_location"}`, one SCSI controller
-(number 0, locations 0-63) as on a generation 2 VM. Paths are absolute (hvctl resolves relative
+(number 0, locations 0-63) as on a generation 2 VM; each becomes a `storvsp` device when the VM
+starts (parent/vm_devices.py `storage_devices`). Paths are absolute (hvctl resolves relative
 ones against the caller's working directory) and kept as given; "the same disk" means the same
 file (device and inode, or the same resolved path when a file is missing).
 
@@ -33,11 +33,11 @@ import stat
 from hypervisor.runtime.arg_checks import get_bool, get_int, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.sizes import parse_size
-from parent.control_ops import control_op, vm_arg
+from parent.control.op_table import control_op, vm_arg
 from parent.storage.disk_backend import create_disk, format_for_path, open_disk
+from parent.vm_devices import DRIVES_KEY, drives_of
 from worker.vm_state import VmState
 
-DRIVES_KEY = "hard_disk_drives"
 CONTROLLER_TYPE = "SCSI"
 CONTROLLER_NUMBER = 0
 LOCATIONS = 64            # per SCSI controller, as in Hyper-V
@@ -149,25 +149,6 @@ def inspect(vmms, path: str) -> dict:
 
 
 # --- drives --------------------------------------------------------------------------------------
-
-def drives_of(rec) -> list[dict]:
-    return list(rec.config.get(DRIVES_KEY) or [])
-
-
-STORAGE_DRIVER = "storvsp"
-
-
-def storage_devices(rec) -> list[dict]:
-    """The VMBus devices a VM's drives become when it starts: one `storvsp` channel per drive,
-    in controller-location order (the guest's first disk is the lowest location). The instance
-    id is stable per VM and location, so a re-offered disk is the same device to the guest."""
-    import uuid
-    return [{"driver": STORAGE_DRIVER,
-             "instance_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hvemu:{rec.id}:scsi:"
-                                                             f"{d['controller_number']}:{d['controller_location']}")),
-             "settings": {"path": d["path"], "controller_location": str(d["controller_location"])}}
-            for d in sorted(drives_of(rec), key=lambda d: d["controller_location"])]
-
 
 def drive_view(rec, drive: dict) -> dict:
     """Get-VMHardDiskDrive's object for one drive."""

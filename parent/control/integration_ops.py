@@ -1,11 +1,11 @@
 """Control ops for integration services, key-value pair exchange and COM ports, registered in
-the one table (parent/control_ops.py `CONTROL_OPS`).
+parent/control/op_table.py.
 
 Configuration lives in the VM's config (durable, so the host KVP pool and COM ports survive
 restarts of the VM and of the host): `integration_services` {name: enabled}, `kvp_host`
 {key: value}, `com_ports` {"1": path, "2": path}. A running VM's worker gets each change
 (worker ops in worker/worker_defs.py); what only the running guest knows (the guest KVP pool,
-service status) comes from the worker. `launch_config` is what vmms adds to a worker's launch.
+service status) comes from the worker. What a worker gets at launch is vmms's (`Vmms.launch`).
 """
 from __future__ import annotations
 
@@ -14,25 +14,14 @@ from typing import TYPE_CHECKING
 from hypervisor.runtime.arg_checks import get_int, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import DEFERRED
-from parent.control_ops import control_op, vm_arg
+from parent.control.op_table import control_op, vm_arg
+from parent.vm_devices import enabled_services
 from worker.comport import check_path
-from worker.integration.ic_defs import KVP_MAX_ITEMS, NAMES, check_key, check_value, service_name
+from worker.integration.ic_defs import KVP_MAX_ITEMS, check_key, check_value, service_name
 
 if TYPE_CHECKING:
-    from parent.vmms import Vmms, VmRecord
-
-
-def enabled_services(rec: "VmRecord") -> dict[str, bool]:
-    wanted = rec.config.get("integration_services") or {}
-    return {name: bool(wanted.get(name, True)) for name in NAMES}
-
-
-def launch_config(vmms: "Vmms", rec: "VmRecord") -> dict:
-    from parent.driver_ops import failures_for, vm_devices
-    return {"integration_services": enabled_services(rec),
-            "kvp_host": dict(rec.config.get("kvp_host") or {}),
-            "com_ports": dict(rec.config.get("com_ports") or {}),
-            "devices": vm_devices(rec), "driver_failures": failures_for(vmms, rec)}
+    from parent.vm_record import VmRecord
+    from parent.vmms import Vmms
 
 
 def forward(vmms: "Vmms", rec: "VmRecord", req, op: str, args: dict, answer) -> object:

@@ -1,0 +1,55 @@
+"""What a VM's configuration puts on its VMBus: the devices served by parent-hosted drivers
+(its own `devices`, and one `storvsp` device per hard disk drive) and its integration services.
+
+Pure functions of the configuration, used by vmms when it launches a worker and by the control
+ops that change devices, drives and services (parent/control/).
+
+Configuration keys: `devices` [{driver, instance_id, settings}]; `hard_disk_drives`
+[{path, controller_type, controller_number, controller_location}] (parent/control/disk_ops.py);
+`integration_services` {name: enabled} (absent names are enabled).
+"""
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from worker.integration.ic_defs import NAMES
+
+if TYPE_CHECKING:
+    from parent.vm_record import VmRecord
+
+DEVICES_KEY = "devices"
+DRIVES_KEY = "hard_disk_drives"
+STORAGE_DRIVER = "storvsp"
+
+
+def devices_of(rec: "VmRecord") -> list[dict]:
+    """The VM's own devices (add-vmdevice)."""
+    return list(rec.config.get(DEVICES_KEY) or [])
+
+
+def drives_of(rec: "VmRecord") -> list[dict]:
+    """The VM's hard disk drives (add-vmharddiskdrive), by controller location."""
+    return list(rec.config.get(DRIVES_KEY) or [])
+
+
+def storage_devices(rec: "VmRecord") -> list[dict]:
+    """The VMBus devices a VM's drives become when it starts: one `storvsp` channel per drive,
+    in controller-location order (the guest's first disk is the lowest location). The instance
+    id is stable per VM and location, so a re-offered disk is the same device to the guest."""
+    return [{"driver": STORAGE_DRIVER,
+             "instance_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hvemu:{rec.id}:scsi:"
+                                                             f"{d['controller_number']}:{d['controller_location']}")),
+             "settings": {"path": d["path"], "controller_location": str(d["controller_location"])}}
+            for d in sorted(drives_of(rec), key=lambda d: d["controller_location"])]
+
+
+def vm_devices(rec: "VmRecord") -> list[dict]:
+    """Every VMBus device a running VM has: its own and its hard disk drives'."""
+    return devices_of(rec) + storage_devices(rec)
+
+
+def enabled_services(rec: "VmRecord") -> dict[str, bool]:
+    """Every integration service by name: enabled (the default) or not."""
+    wanted = rec.config.get("integration_services") or {}
+    return {name: bool(wanted.get(name, True)) for name in NAMES}
