@@ -168,7 +168,8 @@ class Hypervisor:
     def host_info(self) -> dict:
         return {"pid": self.pid, "logical_processors": self.host_cpus,
                 "memory_capacity": self.memory.capacity, "root_reserve": self.memory.root_reserve,
-                "memory_available": self.memory.available,
+                "memory_available": self.memory.available_to_start,
+                "memory_free": self.memory.available,
                 "cpu_reserve_available": self.cpu.reserve_available_percent(),
                 "partitions": len(self.partitions)}
 

@@ -82,9 +82,18 @@ def _attach(hv, req):
 
 @hypercall(hc.DELETE_PARTITION, ROOT)
 def _delete(hv, req):
-    """Free a partition and everything the ledgers hold for it."""
-    hv.free_partition(hv.partitions.get(get_str(req.args, "partition_id")), "deleted")
-    return {}
+    """Free a partition and everything the ledgers hold for it. Idempotent: a partition the
+    hypervisor already freed (its guest exited first, as on every normal stop) answers
+    freed false, not an error."""
+    pid = get_str(req.args, "partition_id")
+    try:
+        part = hv.partitions.get(pid)
+    except HvError as err:
+        if err.code != "NotFound":
+            raise
+        return {"freed": False}
+    hv.free_partition(part, "deleted")
+    return {"freed": True}
 
 
 @hypercall(hc.SUSPEND_PARTITION, ROOT)

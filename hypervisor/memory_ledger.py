@@ -103,6 +103,22 @@ class MemoryLedger:
     def available(self) -> int:
         return self.capacity - self.root_reserve - sum(p.assigned for p in self._parts.values())
 
+    def _donors(self) -> list[tuple[int, int, str]]:
+        """(priority, spare bytes, pid) of the dynamic partitions that can give memory back
+        (balloon down to their Minimum); booting ones (no demand reported yet) keep Startup."""
+        return sorted(((p.settings.priority, p.assigned - p.settings.minimum, q)
+                       for q, p in self._parts.items()
+                       if p.settings.dynamic and p.demand is not None
+                       and p.assigned > p.settings.minimum),
+                      key=lambda d: (d[0], -d[1]))
+
+    @property
+    def available_to_start(self) -> int:
+        """What a starting VM can get: the unassigned pool plus what dynamic-memory partitions
+        can give back. The one figure both a refused start and get-vmhost's MemoryAvailable
+        name."""
+        return self.available + sum(d[1] for d in self._donors())
+
     def _get(self, pid: str) -> _Partition:
         try:
             return self._parts[pid]
@@ -139,17 +155,13 @@ class MemoryLedger:
             raise HvError("AlreadyExists", f"partition {pid!r} is already in the memory ledger")
         free = self.available
         # Dynamic partitions above their Minimum can give memory back (balloon) to make room.
-        donors = sorted(((p.settings.priority, p.assigned - p.settings.minimum, q)
-                         for q, p in self._parts.items()
-                         if p.settings.dynamic and p.demand is not None  # booting ones keep Startup
-                         and p.assigned > p.settings.minimum),
-                        key=lambda d: (d[0], -d[1]))
-        if settings.startup > free + sum(d[1] for d in donors):
+        donors = self._donors()
+        if settings.startup > self.available_to_start:
             raise HvError(
                 "InsufficientMemory",
                 f"Not enough memory in the system to start the virtual machine '{vm_name}': "
                 f"it needs {settings.startup // MIB} MB and "
-                f"{(free + sum(d[1] for d in donors)) // MIB} MB is available.",
+                f"{self.available_to_start // MIB} MB is available.",
             )
         short = settings.startup - free
         for _, spare, q in donors:  # lowest priority gives first

@@ -83,12 +83,29 @@ def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None
         _wait_ready(home, proc, "hypervisor", lambda: _ping_hypervisor(home))
         started.append("hypervisor")
         booted = True
+    auto_started = []
     if not holder_pid(home.pidfile("vmms")):
         proc = _spawn(home, "parent.vmms", "vmms", ["--boot"] if booted else [])
         _wait_ready(home, proc, "vmms", lambda: _ping_vmms(home))
         started.append("vmms")
-    return {"started": started, "HypervisorProcessId": holder_pid(home.pidfile("hypervisor")),
+        if booted:
+            auto_started = _auto_started(home)
+    return {"Started": started, "AutoStarted": auto_started,
+            "HypervisorProcessId": holder_pid(home.pidfile("hypervisor")),
             "VmmsProcessId": holder_pid(home.pidfile("vmms")), "Home": str(home.root)}
+
+
+def _auto_started(home: Home) -> list[str]:
+    """VMs vmms's boot actions started (AutomaticStartAction Start, or StartIfRunning for a VM
+    that was running at host down): at host boot nothing else can have started them."""
+    from parent.client import Client
+    c = Client(home, timeout=5.0)
+    try:
+        return [vm["Name"] for vm in c.call("get-vm") if vm["State"] != "Off"]
+    except HvError:
+        return []
+    finally:
+        c.close()
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -147,4 +164,4 @@ def host_down(home: Home) -> dict:
             pass
         _stop(hv, STOP_WAIT)
         stopped.append("hypervisor")
-    return {"stopped": stopped}
+    return {"Stopped": stopped}

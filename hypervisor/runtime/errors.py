@@ -18,6 +18,7 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
     "Timeout": (True, "the operation did not finish in its bounded time"),
     "DriverFault": (False, "a parent-hosted driver failed"),
     "Unavailable": (True, "the daemon or worker is not reachable"),
+    "NotSupported": (False, "this build does not have the feature (yet)"),
     "Internal": (False, "an unexpected failure; details are in the daemon's log"),
 }
 

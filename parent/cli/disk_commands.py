@@ -10,6 +10,7 @@ import click
 
 from parent.cli.main import cli
 from parent.cli.output import print_json, print_object
+from parent.cli.param_types import SIZE
 
 DRIVE_COLUMNS = [("VMName", "VMName"), ("ControllerType", "ControllerType"),
                  ("ControllerNumber", "ControllerNumber"),
@@ -18,13 +19,6 @@ DRIVE_COLUMNS = [("VMName", "VMName"), ("ControllerType", "ControllerType"),
 
 def absolute(path: str) -> str:
     return os.path.abspath(path) if path else path
-
-
-def size_option(value):
-    if value is None:
-        return None
-    from hypervisor.runtime.sizes import parse_size
-    return parse_size(value)
 
 
 def show_drives(g, drives: list[dict]) -> None:
@@ -41,10 +35,10 @@ def show_drives(g, drives: list[dict]) -> None:
 
 @cli.command("new-vhd")
 @click.argument("path")
-@click.option("--size-bytes", required=True, help="virtual size, e.g. 10GB or bytes")
+@click.option("--size-bytes", type=SIZE, required=True, help="virtual size, e.g. 10GB or bytes")
 @click.option("--dynamic/--fixed", "dynamic", default=True, show_default=True,
               help="grow as written (dynamic) or allocate every block now (fixed)")
-@click.option("--block-size-bytes", help="1MB-256MB, a power of two (default by size, as qemu)")
+@click.option("--block-size-bytes", type=SIZE, help="1MB-256MB, a power of two (default by size, as qemu)")
 @click.option("--logical-sector-size-bytes", type=click.Choice(["512", "4096"]),
               help="default 512 (qemu cannot open 4096)")
 @click.option("--physical-sector-size-bytes", type=click.Choice(["512", "4096"]),
@@ -54,8 +48,8 @@ def new_vhd(g, path, size_bytes, dynamic, block_size_bytes, logical_sector_size_
             physical_sector_size_bytes):
     """Create a VHDX file (dynamic by default)."""
     info = g.client.call(
-        "new-vhd", path=absolute(path), size_bytes=size_option(size_bytes),
-        fixed=not dynamic, dynamic=dynamic, block_size_bytes=size_option(block_size_bytes),
+        "new-vhd", path=absolute(path), size_bytes=size_bytes,
+        fixed=not dynamic, dynamic=dynamic, block_size_bytes=block_size_bytes,
         logical_sector_size_bytes=int(logical_sector_size_bytes) if logical_sector_size_bytes
         else None,
         physical_sector_size_bytes=int(physical_sector_size_bytes) if physical_sector_size_bytes
@@ -67,7 +61,8 @@ def new_vhd(g, path, size_bytes, dynamic, block_size_bytes, logical_sector_size_
 @click.argument("path")
 @click.pass_obj
 def get_vhd(g, path):
-    """A disk image's properties (the file is validated, never written)."""
+    """A disk image's properties (the file is validated, never written). A disk a running VM
+    has open is read too: Attached is true and VMName names the VM."""
     info = g.client.call("get-vhd", path=absolute(path))
     print_json(info) if g.json else print_object(info)
 

@@ -1,4 +1,8 @@
-"""hvctl host up / host down / get-vmhost / events."""
+"""hvctl host up / host down / get-vmhost / events.
+
+`host up` says which VMs the host's boot started by themselves (AutomaticStartAction);
+`events` prints ISO 8601 times (its JSON lines too) and the event's name, not the raw topic.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +11,8 @@ import click
 
 from hypervisor.runtime.errors import HvError
 from parent.cli.main import cli
-from parent.cli.output import print_json, print_object
+from parent.cli.output import iso_time, print_json, print_object
+from parent.cli.param_types import SIZE
 
 
 @cli.group("host")
@@ -16,16 +21,17 @@ def host():
 
 
 @host.command("up")
-@click.option("--host-memory", help="memory pool for partitions, e.g. 8GB (default: half the RAM)")
-@click.option("--root-reserve", help="memory kept for the root partition, e.g. 512MB")
+@click.option("--host-memory", type=SIZE,
+              help="memory pool for partitions, e.g. 8GB (default: half the RAM)")
+@click.option("--root-reserve", type=SIZE, help="memory kept for the root partition, e.g. 512MB")
 @click.pass_obj
 def host_up(g, host_memory, root_reserve):
-    """Start the hypervisor and vmms if they are not running; return when both answer."""
+    """Start the hypervisor and vmms if they are not running; return when both answer. A host
+    that boots starts the VMs whose AutomaticStartAction says so (Start; StartIfRunning when
+    they were running at host down) and says which."""
     from hypervisor.runtime.paths import Home
-    from hypervisor.runtime.sizes import parse_size
     from parent.host_control import host_up as up
-    mem = parse_size(host_memory) if host_memory else None
-    reserve = parse_size(root_reserve) if root_reserve else None
+    mem, reserve = host_memory, root_reserve
     for label, n in (("--host-memory", mem), ("--root-reserve", reserve)):
         if n is not None and (n % (2 << 20) or (label == "--host-memory" and n <= 0)):
             raise HvError("BadRequest", f"{label} must be a positive multiple of 2 MiB (2MB), got {n} bytes")
@@ -33,9 +39,11 @@ def host_up(g, host_memory, root_reserve):
     if g.json:
         print_json(result)
     else:
-        what = ", ".join(result["started"]) or "nothing (already running)"
+        what = ", ".join(result["Started"]) or "nothing (already running)"
         print(f"host up at {result['Home']}: started {what}; hypervisor pid "
               f"{result['HypervisorProcessId']}, vmms pid {result['VmmsProcessId']}")
+        if result["AutoStarted"]:
+            print(f"started automatically (AutomaticStartAction): {', '.join(result['AutoStarted'])}")
 
 
 @host.command("down")
@@ -48,7 +56,7 @@ def host_down(g):
     if g.json:
         print_json(result)
     else:
-        print("host down" + (f": stopped {', '.join(result['stopped'])}" if result["stopped"] else " (was not running)"))
+        print("host down" + (f": stopped {', '.join(result['Stopped'])}" if result["Stopped"] else " (was not running)"))
 
 
 @cli.command("get-vmhost")
@@ -59,17 +67,24 @@ def get_vmhost(g):
     print_json(info) if g.json else print_object(info)
 
 
+def event_line(body: dict) -> str:
+    """`2026-11-27T16:20:01.123Z  web1  state  Running (guest shut down)`. Pure."""
+    extra = f" ({body['Reason']})" if body.get("Reason") else ""
+    return f"{iso_time(body.get('Time'))}  {body.get('VMName')}  {body.get('Event')}  " \
+           f"{body.get('State')}{extra}"
+
+
 @cli.command("events")
 @click.option("--vm", "vm", help="only this VM's events (name or Id)")
 @click.pass_obj
 def events(g, vm):
-    """Stream lifecycle events until interrupted (JSON lines with --json)."""
+    """Stream lifecycle events until interrupted (JSON lines with --json; Time in ISO 8601).
+    In a script, bound it: `timeout 5 hvctl events`."""
     vm_id = None
     if vm:
         vm_id = g.client.call("get-vm", vms=[vm])[0]["Id"]
-    for topic, body in g.client.events(vm_id):
+    for _topic, body in g.client.events(vm_id):
         if g.json:
-            print(json.dumps(body), flush=True)
+            print(json.dumps({**body, "Time": iso_time(body.get("Time"))}), flush=True)
         else:
-            extra = f" ({body['Reason']})" if body.get("Reason") else ""
-            print(f"{topic}  {body.get('VMName')}  {body.get('State')}{extra}", flush=True)
+            print(event_line(body), flush=True)

@@ -1,13 +1,26 @@
 """How hvctl prints: one JSON document with --json, a table or short text for people
-otherwise; errors as `hvctl: <Code>: <message>` with the CLI.md exit codes."""
+otherwise; errors as `hvctl: <Code>: <message>` with the CLI.md exit codes.
+
+Tables never wrap (`format_table`, pure): headers are always whole, and only when stdout is a
+terminal narrower than the table are the longest cells shortened with `…`; piped output is
+full width. While a command runs once per VM (several names or a wildcard,
+parent/cli/vm_selection.py), `collecting()` gathers what each run prints so the VMs come out as
+one table or one JSON list.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
+from datetime import datetime, timezone
 
 from hypervisor.runtime.errors import HvError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+ELLIPSIS = "…"
+
+_collected: list | None = None   # set while a command runs once per VM
 
 
 def exit_code(err: HvError) -> int:
@@ -20,7 +33,19 @@ def print_error(err: HvError, as_json: bool) -> None:
     print(f"hvctl: {err.code}: {err.message}", file=sys.stderr)
 
 
+def iso_time(epoch: float | None) -> str | None:
+    """ISO 8601 in UTC with milliseconds (`2026-11-27T16:20:01.123Z`), as JSON and events show
+    times."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
 def print_json(obj) -> None:
+    if _collected is not None:
+        _collected.append(("json", obj))
+        return
     print(json.dumps(obj, indent=2, default=str))
 
 
@@ -32,21 +57,100 @@ def format_uptime(seconds: float) -> str:
     return (f"{days}.{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}")
 
 
+def shorten(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    return text[:max(0, width - 1)] + ELLIPSIS if width > 0 else ""
+
+
+def format_table(headers: list[str], rows: list[list[str]], width: int | None = None) -> list[str]:
+    """Lines of a plain table, two spaces between columns, never wrapped. Headers are never
+    shortened; with `width` set and the table wider, the widest columns' cells are cut (with
+    `…`) until it fits or every column is down to its header's width. Pure."""
+    cols = len(headers)
+    widths = [max([len(headers[i])] + [len(r[i]) for r in rows]) for i in range(cols)]
+    if width is not None:
+        floor = [len(h) for h in headers]
+        while sum(widths) + 2 * (cols - 1) > width:
+            i = max(range(cols), key=lambda c: widths[c] - floor[c])
+            if widths[i] <= floor[i]:
+                break
+            widths[i] -= 1
+    lines = []
+    for row in [headers] + rows:
+        cells = [shorten(cell, w).ljust(w) for cell, w in zip(row, widths)]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def terminal_width() -> int | None:
+    """The terminal's width when stdout is one; None (no limit) when piped."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+def _cell(formats: dict, key: str, value) -> str:
+    fmt = formats.get(key)
+    if fmt is not None:
+        return str(fmt(value))
+    return "" if value is None else str(value)
+
+
 def print_table(columns: list[tuple[str, str]], rows: list[dict], formats: dict | None = None) -> None:
     """columns: (header, key). Plain fixed-width text like PowerShell's default view."""
-    from rich.console import Console
-    from rich.table import Table
+    if _collected is not None:
+        _collected.append(("table", columns, rows, formats))
+        return
     formats = formats or {}
-    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
-    for header, _ in columns:
-        table.add_column(header, overflow="fold")
-    for row in rows:
-        table.add_row(*[str(formats.get(key, lambda v: "" if v is None else v)(row.get(key)))
-                        for _, key in columns])
-    Console(soft_wrap=True).print(table)
+    headers = [h for h, _ in columns]
+    cells = [[_cell(formats, key, row.get(key)) for _, key in columns] for row in rows]
+    for line in format_table(headers, cells, terminal_width()):
+        print(line)
 
 
 def print_object(obj: dict) -> None:
+    if _collected is not None:
+        _collected.append(("object", obj))
+        return
     width = max((len(k) for k in obj), default=0)
     for key, value in obj.items():
         print(f"{key:<{width}} : {'' if value is None else value}")
+
+
+@contextlib.contextmanager
+def collecting():
+    """Gather what print_json/print_table/print_object are asked to print; `flush` prints it
+    as one document (a JSON list, one table per column set, objects one after another)."""
+    global _collected
+    outer, _collected = _collected, []
+    items = _collected
+    try:
+        yield items
+    finally:
+        _collected = outer
+
+
+def flush(items: list, as_json: bool) -> None:
+    if as_json:
+        merged: list = []
+        for item in items:
+            if item[0] == "json":
+                merged.extend(item[1] if isinstance(item[1], list) else [item[1]])
+        print_json(merged)
+        return
+    i, first = 0, True
+    while i < len(items):
+        kind = items[i][0]
+        if kind == "table":
+            columns, formats, rows = items[i][1], items[i][3], list(items[i][2])
+            while i + 1 < len(items) and items[i + 1][0] == "table" and items[i + 1][1] == columns:
+                i += 1
+                rows.extend(items[i][2])
+            print_table(columns, rows, formats)
+        elif kind == "object":
+            if not first:
+                print()
+            print_object(items[i][1])
+        first = False
+        i += 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from parent.cli.main import cli
-from parent.cli.output import print_json, print_object
+from parent.cli.output import format_uptime, print_json, print_object, print_table
+from parent.cli.param_types import BOOL, SIZE
 
 
 def show(g, obj) -> None:
@@ -40,21 +41,12 @@ def get_vmmemory(g, name):
     show(g, g.client.call("get-vmmemory", vm=name))
 
 
-def _bool(value):
-    if value is None:
-        return None
-    v = value.lower()
-    if v not in ("true", "false", "1", "0", "yes", "no"):
-        raise click.BadParameter(f"expected true or false, got {value!r}")
-    return v in ("true", "1", "yes")
-
-
 @cli.command("set-vmmemory")
 @click.argument("name")
-@click.option("--dynamic-memory-enabled", help="true or false")
-@click.option("--startup-bytes")
-@click.option("--minimum-bytes")
-@click.option("--maximum-bytes")
+@click.option("--dynamic-memory-enabled", type=BOOL, help="true or false")
+@click.option("--startup-bytes", type=SIZE, help="memory at start, e.g. 1GB (VM Off)")
+@click.option("--minimum-bytes", type=SIZE, help="dynamic memory's floor, e.g. 256MB")
+@click.option("--maximum-bytes", type=SIZE, help="dynamic memory's ceiling, e.g. 2GB")
 @click.option("--buffer", type=int, help="5-2000 %")
 @click.option("--priority", type=int, help="0-100")
 @click.pass_obj
@@ -62,17 +54,27 @@ def set_vmmemory(g, name, dynamic_memory_enabled, startup_bytes, minimum_bytes, 
                  buffer, priority):
     """Memory controls. While running only --maximum-bytes up, --minimum-bytes down,
     --buffer and --priority may change."""
-    from hypervisor.runtime.sizes import parse_size
-    size = lambda v: parse_size(v) if v is not None else None  # noqa: E731
     show(g, g.client.call("set-vmmemory", vm=name,
-                          dynamic_memory_enabled=_bool(dynamic_memory_enabled),
-                          startup_bytes=size(startup_bytes), minimum_bytes=size(minimum_bytes),
-                          maximum_bytes=size(maximum_bytes), buffer=buffer, priority=priority))
+                          dynamic_memory_enabled=dynamic_memory_enabled,
+                          startup_bytes=startup_bytes, minimum_bytes=minimum_bytes,
+                          maximum_bytes=maximum_bytes, buffer=buffer, priority=priority))
+
+
+MEASURE_COLUMNS = [("VMName", "VMName"), ("AvgCPU(% of host)", "AvgCPU"), ("AvgRAM(M)", "AvgRAM"),
+                   ("MaxRAM(M)", "MaxRAM"), ("MinRAM(M)", "MinRAM"),
+                   ("TotalDiskRead(M)", "TotalDiskRead"), ("TotalDiskWrite(M)", "TotalDiskWrite"),
+                   ("MeteringDuration", "MeteringDuration")]
+MB = lambda v: (v or 0) // (1 << 20)  # noqa: E731
+MEASURE_FORMATS = {"AvgRAM": MB, "MaxRAM": MB, "MinRAM": MB, "TotalDiskRead": MB,
+                   "TotalDiskWrite": MB, "MeteringDuration": format_uptime}
 
 
 @cli.command("measure-vm")
 @click.argument("name")
 @click.pass_obj
 def measure_vm(g, name):
-    """Resource metering from the hypervisor's ledgers."""
-    show(g, g.client.call("measure-vm", vm=name))
+    """Resource metering from the hypervisor's ledgers since the VM started, shown as Hyper-V's
+    Measure-VM does: RAM and disk in MB; AvgCPU is percent of the whole host (Hyper-V shows
+    MHz). --json keeps CLI.md's units: bytes, seconds (MeteringDuration too)."""
+    m = g.client.call("measure-vm", vm=name)
+    print_json(m) if g.json else print_table(MEASURE_COLUMNS, [m], MEASURE_FORMATS)

@@ -1,12 +1,20 @@
 """hvctl VM commands: new-vm, get-vm, start/stop/suspend/resume/restart/remove-vm, set-vm,
-get-vmworkerprocess. Commands taking NAME… send every request at once (pipelined)."""
+get-vmworkerprocess. Commands taking NAME… send every request at once (pipelined).
+
+Lifecycle commands print the VMs as they are when the command returns (one get-vm after the
+operation, so MemoryAssigned and CPUUsage are the ledgers' figures, not a view from before
+they arrived); `--json` prints the same objects.
+"""
 from __future__ import annotations
 
 import click
 
 from hypervisor.runtime.errors import HvError
+from parent.build_features import SAVE_MISSING, SAVED_STATE, START_ACTIONS, STOP_ACTIONS
 from parent.cli.main import cli
 from parent.cli.output import format_uptime, print_error, print_json, print_object, print_table
+from parent.cli.param_types import SIZE, choice
+from worker.guest.programs import spec_list
 
 GET_VM_COLUMNS = [("Name", "Name"), ("State", "State"), ("CPUUsage(%)", "CPUUsage"),
                   ("MemoryAssigned(M)", "MemoryAssigned"), ("Uptime", "Uptime"), ("Status", "Status")]
@@ -20,8 +28,16 @@ def show_vms(g, vms: list[dict]) -> None:
         print_table(GET_VM_COLUMNS, vms, GET_VM_FORMATS)
 
 
+def current(g, vms: list[dict]) -> list[dict]:
+    """The VMs as they are now (fresh ledger figures); a VM removed meanwhile is left out."""
+    if not vms:
+        return vms
+    fresh = g.client.call_many([("get-vm", {"vms": [vm["Id"]]}) for vm in vms])
+    return [r[0] for r in fresh if isinstance(r, list) and r]
+
+
 def for_each_vm(g, op: str, names, **args) -> None:
-    """Run `op` on every VM at once; print the successes; exit 1 if any failed."""
+    """Run `op` on every VM at once; print the VMs as they are now; exit 1 if any failed."""
     results = g.client.call_many([(op, {"vm": n, **args}) for n in names])
     ok, failed = [], []
     for res in results:
@@ -30,6 +46,8 @@ def for_each_vm(g, op: str, names, **args) -> None:
         if err.code == "Unavailable":
             raise err
         print_error(err, as_json=False)
+    if ok and isinstance(ok[0], dict) and "Id" in ok[0] and "State" in ok[0]:
+        ok = current(g, ok)
     if g.json:
         if failed and not ok:
             print_json({"error": {"code": failed[0].code, "message": failed[0].message}})
@@ -41,16 +59,20 @@ def for_each_vm(g, op: str, names, **args) -> None:
         g.exit_status = 1
 
 
+GUEST_HELP = f"the guest program: {spec_list()} (docs/cli.md says what each does)"
+
+
 @cli.command("new-vm")
 @click.argument("name")
-@click.option("--memory-startup-bytes", default="512MB", show_default=True)
-@click.option("--processor-count", type=int, default=1, show_default=True)
-@click.option("--guest", default="idle", show_default=True, help="guest program SPEC")
+@click.option("--memory-startup-bytes", type=SIZE, default="512MB", show_default=True,
+              help="memory at start, e.g. 512MB, 1GB, 1GiB")
+@click.option("--processor-count", type=int, default=1, show_default=True,
+              help="virtual processors (1..host logical CPUs)")
+@click.option("--guest", default="idle", show_default=True, metavar="SPEC", help=GUEST_HELP)
 @click.pass_obj
 def new_vm(g, name, memory_startup_bytes, processor_count, guest):
     """Create a VM (Off)."""
-    from hypervisor.runtime.sizes import parse_size
-    vm = g.client.call("new-vm", name=name, memory_startup_bytes=parse_size(memory_startup_bytes),
+    vm = g.client.call("new-vm", name=name, memory_startup_bytes=memory_startup_bytes,
                        processor_count=processor_count, guest=guest)
     show_vms(g, [vm]) if not g.json else print_json(vm)
 
@@ -59,15 +81,33 @@ def new_vm(g, name, memory_startup_bytes, processor_count, guest):
 @click.argument("names", nargs=-1)
 @click.pass_obj
 def get_vm(g, names):
-    """List VMs (all, or the ones named)."""
-    show_vms(g, g.client.call("get-vm", vms=list(names) or None))
+    """List VMs: all, or the ones named (names, Ids or patterns like 'web*'). A name that is
+    not found is reported and the others are still listed (exit 1)."""
+    if not names:
+        show_vms(g, g.client.call("get-vm"))
+        return
+    found, failed = [], []
+    for res in g.client.call_many([("get-vm", {"vms": [n]}) for n in names]):
+        if isinstance(res, HvError):
+            if res.code == "Unavailable":
+                raise res
+            failed.append(res)
+            print_error(res, as_json=False)
+        else:
+            found.extend(vm for vm in res if vm["Id"] not in {f["Id"] for f in found})
+    if g.json and failed and not found:
+        print_json({"error": {"code": failed[0].code, "message": failed[0].message}})
+    elif found or g.json:
+        show_vms(g, found)
+    if failed:
+        g.exit_status = 1
 
 
 @cli.command("start-vm")
 @click.argument("names", nargs=-1, required=True)
 @click.pass_obj
 def start_vm(g, names):
-    """Off or Saved → Running; returns when Running."""
+    """Off → Running; returns when Running and prints the VMs as they are then."""
     for_each_vm(g, "start-vm", names)
 
 
@@ -75,13 +115,17 @@ def start_vm(g, names):
 @click.argument("names", nargs=-1, required=True)
 @click.option("--turn-off", is_flag=True, help="pull the power instead of asking the guest")
 @click.option("--force", is_flag=True, help="turn off a guest that does not shut down in time")
-@click.option("--save", is_flag=True, help="save instead of stopping (not available yet)")
+@click.option("--save", is_flag=True,
+              help="save the VM (= save-vm)" if SAVED_STATE else "save the VM (not in this build)")
 @click.option("--timeout", type=float, default=None, help="seconds the guest gets to shut down")
 @click.pass_obj
 def stop_vm(g, names, turn_off, force, save, timeout):
     """Shut the guest down (shutdown integration service) and wait; --turn-off pulls the power."""
     if save:
-        raise HvError("BadRequest", "stop-vm --save is not available yet (saved states are not implemented)")
+        if not SAVED_STATE:
+            raise HvError("NotSupported", f"stop-vm --save: {SAVE_MISSING}.")
+        for_each_vm(g, "save-vm", names)
+        return
     for_each_vm(g, "stop-vm", names, turn_off=turn_off, force=force, timeout=timeout)
 
 
@@ -122,9 +166,11 @@ def remove_vm(g, names, force):
 
 @cli.command("set-vm")
 @click.argument("name")
-@click.option("--guest", help="guest program SPEC")
-@click.option("--automatic-start-action", type=click.Choice(["Nothing", "StartIfRunning", "Start"]))
-@click.option("--automatic-stop-action", type=click.Choice(["TurnOff", "Save", "ShutDown"]))
+@click.option("--guest", metavar="SPEC", help=GUEST_HELP)
+@click.option("--automatic-start-action", type=choice(START_ACTIONS),
+              help="at host up: Nothing, StartIfRunning (if it was running), Start")
+@click.option("--automatic-stop-action", type=choice(("TurnOff", "Save", "ShutDown")),
+              metavar="|".join(STOP_ACTIONS), help="at host down: " + ", ".join(STOP_ACTIONS))
 @click.pass_obj
 def set_vm(g, name, guest, automatic_start_action, automatic_stop_action):
     """Change a VM's configuration."""

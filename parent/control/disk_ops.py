@@ -124,8 +124,10 @@ def in_use_error(vmms, path: str, err: HvError) -> HvError:
     return HvError("Busy", f"{path}: the disk is in use by {', '.join(holders)}")
 
 
-def inspect(vmms, path: str) -> dict:
-    """Get-VHD's view of the file at `path`, after full validation; writes nothing."""
+def inspect(vmms, path: str, read_attached: bool = False) -> dict:
+    """Get-VHD's view of the file at `path`, after full validation; writes nothing.
+    `read_attached`: a disk a running VM holds is read without the lock (get-vhd) instead of
+    answering Busy (what start and attach checks need)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -136,15 +138,20 @@ def inspect(vmms, path: str) -> dict:
         raise HvError("BadRequest", f"{path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
         raise HvError("BadRequest", f"{path}: not a regular file")
+    owners = [rec for rec, _ in attachments(vmms, path)]
     try:
         disk = open_disk(path, writable=False)
     except HvError as err:
-        raise in_use_error(vmms, path, err) if err.code == "Busy" else err
+        if err.code != "Busy" or not read_attached or not any(r.worker for r in owners):
+            raise in_use_error(vmms, path, err) if err.code == "Busy" else err
+        disk = open_disk(path, writable=False, lock=False)  # a running VM's disk: read, as Get-VHD
     try:
         info = disk.info()
     finally:
         disk.close()
     info["Path"] = path
+    info["Attached"] = any(rec.worker is not None for rec in owners)   # open by a running VM
+    info["VMName"] = owners[0].name if owners else None                # whose drive it is
     return info
 
 
@@ -246,8 +253,10 @@ def new_vhd(vmms, req):
 @control_op("get-vhd")
 def get_vhd(vmms, req):
     """A disk image's properties (Get-VHD): Path, VhdFormat, VhdType, Size, FileSize, BlockSize,
-    LogicalSectorSize, PhysicalSectorSize, ParentPath. The file is validated, never written."""
-    return inspect(vmms, path_arg(req.args))
+    LogicalSectorSize, PhysicalSectorSize, ParentPath, Attached (a running VM has it open),
+    VMName (the VM whose drive it is, or null). The file is validated, never written; a
+    running VM's disk is read without taking its lock."""
+    return inspect(vmms, path_arg(req.args), read_attached=True)
 
 
 @control_op("add-vmharddiskdrive")

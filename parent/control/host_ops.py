@@ -29,7 +29,8 @@ def get_vmhost(vmms, req):
     return {"LogicalProcessorCount": info.get("logical_processors", os.cpu_count()),
             "MemoryCapacity": info.get("memory_capacity"),
             "RootMemoryReserve": info.get("root_reserve"),
-            "MemoryAvailable": info.get("memory_available"),
+            "MemoryAvailable": info.get("memory_available"),   # what a starting VM can get
+            "MemoryFree": info.get("memory_free"),             # not assigned to any partition
             "CpuReserveAvailable": info.get("cpu_reserve_available"),
             "HypervisorProcessId": holder_pid(vmms.home.pidfile("hypervisor")),
             "VmmsProcessId": os.getpid(), "Home": str(vmms.home.root)}

@@ -9,6 +9,7 @@ and is saved only once the hypervisor accepted it.
 from __future__ import annotations
 
 import os
+import time
 
 from hypervisor.hypercall_defs import MIB, check_running_change, memory_settings, processor_settings
 from hypervisor.runtime.arg_checks import get_bool, get_int
@@ -112,7 +113,9 @@ def set_vmmemory(vmms, req):
 
 @control_op("measure-vm")
 def measure_vm(vmms, req):
-    """Resource metering from the hypervisor's ledgers since the VM started."""
+    """Resource metering from the hypervisor's ledgers since the VM started. AvgCPU is percent
+    of the whole host; RAM and disk figures are bytes; MeteringDuration is the seconds metered
+    (since the VM's partition was created)."""
     rec = vm_arg(vmms, req)
     stats = vmms.partition_stats(fresh=True).get(rec.id) if rec.worker is not None else None
     if stats is None:
@@ -124,4 +127,5 @@ def measure_vm(vmms, req):
             "ThrottledTime": round(cpu.get("throttled", 0.0), 6),
             "AvgRAM": int(mem.get("avg", 0)), "MinRAM": int(mem.get("min", 0)),
             "MaxRAM": int(mem.get("max", 0)),
-            "TotalDiskRead": int(disk.get("read", 0)), "TotalDiskWrite": int(disk.get("write", 0))}
+            "TotalDiskRead": int(disk.get("read", 0)), "TotalDiskWrite": int(disk.get("write", 0)),
+            "MeteringDuration": round(max(0.0, time.time() - stats.get("created", time.time())), 3)}

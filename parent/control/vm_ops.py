@@ -13,6 +13,7 @@ import uuid
 from hypervisor.runtime.arg_checks import get_bool, get_float, get_int, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import DEFERRED
+from parent.build_features import DEFAULT_STOP_ACTION, SAVE_MISSING, START_ACTIONS, STOP_ACTIONS
 from parent.control.disk_ops import check_disks_for_start
 from parent.control.op_table import control_op, size_arg, vm_arg
 from parent.vm_names import check_name
@@ -22,8 +23,6 @@ from worker.vm_state import VmState, begin
 from worker.worker_defs import STOP_TIMEOUT_DEFAULT
 
 MIB = 1 << 20
-START_ACTIONS = ("Nothing", "StartIfRunning", "Start")
-STOP_ACTIONS = ("TurnOff", "Save", "ShutDown")
 
 
 @control_op("new-vm")
@@ -40,7 +39,8 @@ def new_vm(vmms, req):
               "processor": {"count": count, "reserve": 0, "maximum": 100, "relative_weight": 100},
               "memory": {"dynamic": False, "startup": startup, "minimum": startup,
                          "maximum": startup, "buffer": 20, "priority": 50},
-              "automatic_start_action": "StartIfRunning", "automatic_stop_action": "Save",
+              "automatic_start_action": "StartIfRunning",
+              "automatic_stop_action": DEFAULT_STOP_ACTION,
               "was_running": False, "last_exit_reason": None}
     rec = VmRecord(config=config)
     vmms.add_vm(rec)
@@ -178,6 +178,8 @@ def set_vm(vmms, req):
     for key, allowed in (("automatic_start_action", START_ACTIONS), ("automatic_stop_action", STOP_ACTIONS)):
         if req.args.get(key) is not None:
             value = get_str(req.args, key)
+            if key == "automatic_stop_action" and value == "Save" and "Save" not in allowed:
+                raise HvError("NotSupported", f"AutomaticStopAction Save: {SAVE_MISSING}.")
             if value not in allowed:
                 raise HvError("BadRequest", f"{key} must be one of {', '.join(allowed)}, got {value!r}")
             changes[key] = value

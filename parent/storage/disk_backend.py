@@ -71,9 +71,9 @@ class DiskFormat:
     summary: str
 
 
-def _vhdx_open(path: str, writable: bool = False) -> DiskBackend:
+def _vhdx_open(path: str, writable: bool = False, lock: bool = True) -> DiskBackend:
     from .vhdx import open_vhdx
-    return open_vhdx(path, writable)
+    return open_vhdx(path, writable, lock=lock)
 
 
 def _vhdx_create(path: str, size: int, **options) -> None:
@@ -99,9 +99,12 @@ def format_for_path(path: str | os.PathLike) -> DiskFormat:
                                 f"(supported: {known})")
 
 
-def open_disk(path: str | os.PathLike, writable: bool = False) -> DiskBackend:
-    """Open an image with the backend its extension names."""
-    return format_for_path(path).open(os.fspath(path), writable)
+def open_disk(path: str | os.PathLike, writable: bool = False, lock: bool = True) -> DiskBackend:
+    """Open an image with the backend its extension names. `lock=False` (read-only only) reads
+    the metadata of a disk another process holds, as Get-VHD does for an attached disk."""
+    if writable and not lock:
+        raise ValueError("a writable open always locks")
+    return format_for_path(path).open(os.fspath(path), writable, lock=lock)
 
 
 def create_disk(path: str | os.PathLike, size: int, **options) -> None:

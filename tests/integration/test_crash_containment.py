@@ -89,7 +89,7 @@ def test_kill_vmms_keeps_vms_running_and_restart_reattaches(host):
     for vm in vms.values():
         assert alive(vm["WorkerProcessId"]) and alive(vm["GuestProcessId"])
     rc, out, _ = host.hvctl("host", "up")
-    assert out["started"] == ["vmms"]
+    assert out["Started"] == ["vmms"]
     for n, vm in before.items():
         now = wait_until(lambda: host.vm(n)["State"] == "Running" and host.vm(n), 5, what="reattached")
         assert now["WorkerProcessId"] == vm["WorkerProcessId"]
@@ -111,7 +111,7 @@ def test_kill_hypervisor_stops_every_vm_and_host_up_recovers(host):
                    what="worker and guest gone")
         assert "hypervisor" in host.vm(n)["LastExitReason"]
     rc, out, _ = host.hvctl("host", "up")
-    assert out["started"] == ["hypervisor"]
+    assert out["Started"] == ["hypervisor"]
     host.start("h1", "h2")
     assert {vm["Name"]: vm["State"] for vm in host.call("get-vm")} == {"h1": "Running", "h2": "Running"}
     assert sorted(p.name for p in (host.home / "vms").iterdir()) == configs

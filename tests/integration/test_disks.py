@@ -275,7 +275,7 @@ def test_drive_configurations_survive_a_vmms_kill(host, tmp_path):
     os.kill(host.pid_of("vmms"), signal.SIGKILL)
     wait_until(lambda: host.pid_of("vmms") is None, 5, what="vmms gone")
     rc, out, _ = host.hvctl("host", "up")
-    assert out["started"] == ["vmms"]
+    assert out["Started"] == ["vmms"]
     rc, after, _ = host.hvctl("get-vmharddiskdrive", "keep")
     assert after == before and [d["ControllerLocation"] for d in after] == [0, 3]
     # the rule "one VM per disk" still holds after the restart

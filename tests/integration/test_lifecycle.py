@@ -23,7 +23,7 @@ def test_host_up_twice_starts_one_of_each_and_down_leaves_nothing(request):
     try:
         hv, vmms = host.pid_of("hypervisor"), host.pid_of("vmms")
         rc, out, _ = host.hvctl("host", "up")
-        assert out["started"] == [] and out["HypervisorProcessId"] == hv and out["VmmsProcessId"] == vmms
+        assert out["Started"] == [] and out["HypervisorProcessId"] == hv and out["VmmsProcessId"] == vmms
         daemons = [c for c in titles("hypervisor").values() if str(host.home) in c]
         assert daemons == [f"hypervisor {host.home}"]
         assert [c for c in titles("vmms").values() if str(host.home) in c] == [f"vmms {host.home}"]
@@ -32,7 +32,7 @@ def test_host_up_twice_starts_one_of_each_and_down_leaves_nothing(request):
         seen = [p.pid for p in host.processes()]
         assert len(seen) >= 5  # hypervisor, vmms, fork-server, vmwp, vmmem
         rc, out, _ = host.hvctl("host", "down")
-        assert set(out["stopped"]) == {"vmms", "hypervisor"}
+        assert set(out["Stopped"]) == {"vmms", "hypervisor"}
         wait_until(lambda: not any(alive(p) for p in seen), 5, what="every process of the home to exit")
         rc, out, err = host.hvctl("get-vm", check=False)
         assert rc == 3 and out["error"]["code"] == "Unavailable" and "not running" in err

@@ -35,6 +35,36 @@ class GuestSpec:
         return self.kind
 
 
+# The guest programs, one row each: SPEC syntax → what the guest does. The SPEC error message,
+# `hvctl new-vm --help` and docs/cli.md are made from this table.
+GUEST_PROGRAMS: dict[str, str] = {
+    "idle": "boots, runs its integration services, and waits",
+    "cpu-burn": "keeps every one of its virtual processors busy (one busy process per VP)",
+    "no-shutdown": "idles and never answers the shutdown integration service (tests stop-vm's "
+                   "timeout)",
+    "memory-demand:SIZE": "commits and touches SIZE of guest memory and reports it as demand; "
+                          "set-vm --guest changes it while running",
+    "command:CMD": "runs the shell command CMD inside the partition (its whole process tree is "
+                   "the partition); its console is COM1",
+    "disk-write:SIZE:SEED": "writes the test pattern over the first SIZE bytes of its first disk, "
+                            "flushes, publishes KVP disk-write = ok (or error: …), then idles",
+    "disk-verify:SIZE:SEED": "reads the first SIZE bytes of its first disk and publishes KVP "
+                             "disk-verify = ok or mismatch at <byte offset>",
+    "disk-sha256:SIZE": "publishes KVP disk-sha256 = hex SHA-256 of the first SIZE bytes of its "
+                        "first disk",
+    "disk-bench:SPAN:SECONDS": "measures its first disk over the first SPAN bytes; publishes "
+                               "disk-bench-<test> figures and disk-bench = done",
+    "device-stream:CLASS:COUNT[:INTERVAL_MS[:WINDOW]]": "sends COUNT requests to its first VMBus "
+        "device of class CLASS; publishes KVP device-stream-progress and device-stream = done …",
+    "kvp-echo": "mirrors every host KVP item into its own (guest) pool",
+}
+
+
+def spec_list() -> str:
+    """`idle, cpu-burn, …, kvp-echo`: every SPEC form, for messages and help."""
+    return ", ".join(GUEST_PROGRAMS)
+
+
 def parse_spec(spec: str) -> GuestSpec:
     if not isinstance(spec, str) or not spec or len(spec) > 4096:
         raise HvError("BadRequest", "guest SPEC must be a non-empty string of at most 4096 characters")
@@ -60,10 +90,7 @@ def parse_spec(spec: str) -> GuestSpec:
     args = parse_args(kind, rest)
     if args is not None:
         return GuestSpec(kind, args=args)
-    raise HvError("BadRequest", f"unknown guest SPEC {spec!r}: use idle, cpu-burn, command:CMD, "
-                                "memory-demand:SIZE, disk-write:SIZE:SEED, disk-verify:SIZE:SEED, "
-                                "disk-sha256:SIZE, disk-bench:SPAN:SECONDS, "
-                                "device-stream:CLASS:COUNT[:INTERVAL_MS[:WINDOW]] or kvp-echo")
+    raise HvError("BadRequest", f"unknown guest SPEC {spec!r}: use one of {spec_list()}")
 
 
 class RunningProgram:

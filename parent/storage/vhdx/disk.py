@@ -423,8 +423,10 @@ class VhdxDisk:
                 f"block_size={self.block_size}, writable={self.writable})")
 
 
-def open_vhdx(path: str | os.PathLike, writable: bool = False) -> VhdxDisk:
-    """Open and validate a VHDX file. Corrupt or hostile files raise HvError("BadRequest")."""
+def open_vhdx(path: str | os.PathLike, writable: bool = False, lock: bool = True) -> VhdxDisk:
+    """Open and validate a VHDX file. Corrupt or hostile files raise HvError("BadRequest").
+    `lock=False` (read-only) skips the shared lock: for reading the metadata of a disk a
+    running VM holds; a log the writer has not replayed yet is replayed in memory only."""
     path = os.path.abspath(os.fspath(path))
     try:
         fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
@@ -433,7 +435,8 @@ def open_vhdx(path: str | os.PathLike, writable: bool = False) -> VhdxDisk:
     disk = VhdxDisk(path, fd, writable)
     try:
         try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if writable else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            if lock or writable:
+                fcntl.flock(fd, (fcntl.LOCK_EX if writable else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise HvError("Busy", f"{path}: the disk is open in another process") from None
         disk._load()

@@ -1,0 +1,42 @@
+"""What this build can do of what the CLI contract names. The one place to flip when a feature
+lands: defaults, help texts and refusals (vmms's and hvctl's) follow these constants.
+
+    SAVED_STATE   save-vm, stop-vm --save, remove-vmsavedstate, AutomaticStopAction Save.
+                  INTEGRATOR: set True when saved state (issue 13) is merged.
+
+`UNAVAILABLE` says in one sentence why a contract command is missing from this build; hvctl
+answers it (error `NotSupported`) for every contract command no module registered.
+"""
+from __future__ import annotations
+
+SAVED_STATE = False   # <- flip when save-vm lands (issue 13)
+
+START_ACTIONS = ("Nothing", "StartIfRunning", "Start")
+STOP_ACTIONS = ("TurnOff", "Save", "ShutDown") if SAVED_STATE else ("TurnOff", "ShutDown")
+DEFAULT_STOP_ACTION = "Save" if SAVED_STATE else "ShutDown"   # Hyper-V's default is Save
+SAVE_MISSING = "saved state is not in this build yet (save-vm, stop-vm --save and " \
+               "AutomaticStopAction Save arrive with it)"
+
+_SAVED = "saved state is not in this build yet"
+_CHECKPOINTS = "checkpoints are not in this build yet"
+_NETWORK = "virtual networking is not in this build yet"
+UNAVAILABLE: dict[str, str] = {
+    "save-vm": _SAVED,
+    "remove-vmsavedstate": _SAVED,
+    "checkpoint-vm": _CHECKPOINTS,
+    "get-vmsnapshot": _CHECKPOINTS,
+    "restore-vmsnapshot": _CHECKPOINTS,
+    "remove-vmsnapshot": _CHECKPOINTS,
+    "new-vmswitch": _NETWORK,
+    "get-vmswitch": _NETWORK,
+    "remove-vmswitch": _NETWORK,
+    "add-vmnetworkadapter": _NETWORK,
+    "connect-vmnetworkadapter": _NETWORK,
+    "disconnect-vmnetworkadapter": _NETWORK,
+    "remove-vmnetworkadapter": _NETWORK,
+    "get-vmnetworkadapter": _NETWORK,
+    "set-vmnetworkadapter": _NETWORK,
+    "set-vmnetworkadaptervlan": _NETWORK,
+    "top": "the live view (hvctl top) is not in this build yet",
+    "web": "the web manager (hvctl web) is not in this build yet",
+}
