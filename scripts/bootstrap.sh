@@ -23,6 +23,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 EXTRA="${1:-}"
 stamp=".venv/.installed${EXTRA}"
+if [ -z "$EXTRA" ] && [ -f ".venv/.installed[test]" ] && [ ! pyproject.toml -nt ".venv/.installed[test]" ]; then
+  stamp=".venv/.installed[test]"   # installed with the test extra: hvemu itself is there too
+fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${EXTRA}"
   touch "$stamp"

@@ -117,6 +117,7 @@ def _wrap_one(cmd: click.Command, arg: click.Argument) -> None:
 
 def _wrap_many(cmd: click.Command, arg: click.Argument) -> None:
     callback = cmd.callback
+    arg.metavar = "NAME…" if arg.required else "[NAME…]"
 
     @functools.wraps(callback)
     def expanded(**kwargs):

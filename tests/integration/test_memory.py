@@ -23,7 +23,7 @@ def small_host(request):
 
 def host_mem(host):
     info = host.call("get-vmhost")
-    return info["MemoryCapacity"], info["RootMemoryReserve"], info["MemoryAvailable"]
+    return info["MemoryCapacity"], info["RootMemoryReserve"], info["MemoryFree"]
 
 
 def test_static_admission_failure_names_what_is_needed(small_host):
