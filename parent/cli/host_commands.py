@@ -75,15 +75,23 @@ def event_line(body: dict) -> str:
 
 
 @cli.command("events")
-@click.option("--vm", "vm", help="only this VM's events (name or Id)")
+@click.option("--vm", "vms", multiple=True, metavar="NAME",
+              help="only these VMs' events: names, Ids, a,b lists or patterns (repeatable)")
 @click.pass_obj
-def events(g, vm):
+def events(g, vms):
     """Stream lifecycle events until interrupted (JSON lines with --json; Time in ISO 8601).
     In a script, bound it: `timeout 5 hvctl events`."""
-    vm_id = None
-    if vm:
-        vm_id = g.client.call("get-vm", vms=[vm])[0]["Id"]
-    for _topic, body in g.client.events(vm_id):
+    from parent.cli.vm_selection import expand
+    ids = None
+    if vms:
+        names = expand(g, vms)
+        if not names:
+            raise HvError("NotFound", f"no VM matches {', '.join(vms)}")
+        ids = {vm["Id"] for vm in g.client.call("get-vm", vms=names)}
+    stream = g.client.events(next(iter(ids)) if ids and len(ids) == 1 else None)
+    for _topic, body in stream:
+        if ids is not None and body.get("VMId") not in ids:
+            continue
         if g.json:
             print(json.dumps({**body, "Time": iso_time(body.get("Time"))}), flush=True)
         else:

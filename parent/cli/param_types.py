@@ -1,8 +1,10 @@
-"""Click parameter types hvctl's commands share, so a bad value is refused by click naming the
-option as the user typed it (`Invalid value for '--minimum-bytes': …`), exit 2.
+"""Click parameter types hvctl's commands share, so a bad value is refused naming the option as
+the user typed it.
 
-    SIZE     512MB, 1.5GB, 512MiB, 2GiB or plain bytes (binary units, as PowerShell reads them)
-    BOOL     true/false (also 1/0, yes/no, $true/$false), as Set-VMMemory's switches
+    SIZE     512MB, 1.5GB, 512MiB, 2GiB or plain bytes (binary units, as PowerShell reads them);
+             a size that does not parse is `BadRequest` (exit 1, as vmms's own refusal would
+             be): `hvctl: BadRequest: --minimum-bytes: size '3XB' is not …`
+    BOOL     (a usage error, exit 2, when it does not parse) true/false (also 1/0, yes/no, $true/$false), as Set-VMMemory's switches
     choice() a case-insensitive choice that hands the command the canonical spelling
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ class SizeType(click.ParamType):
         try:
             return parse_size(value)
         except HvError as err:
-            self.fail(err.message, param, ctx)
+            typed = max(param.opts, key=len) if param is not None and param.opts else "size"
+            raise HvError("BadRequest", f"{typed}: {err.message}") from None
 
 
 class BoolType(click.ParamType):

@@ -117,7 +117,7 @@ page and the commands disagree); `hvctl COMMAND --help` says the same.
 |---|---|
 | 0 | success |
 | 1 | the operation was refused or failed, or some of the VMs named were not found (stderr: `hvctl: <ErrorCode>: <message>`; with `--json`, stdout holds `{"error": {"code", "message"}}` when nothing succeeded) |
-| 2 | usage error (unknown command or option, a value that does not parse) |
+| 2 | usage error (unknown command or option, a missing argument, a number or choice that does not parse; a size that does not parse is a `BadRequest`, exit 1) |
 | 3 | the host is not running / cannot be reached (start it with `hvctl host up`) |
 | 124 | (from `timeout`, not hvctl) a bounded `events` ran out its time |
 

@@ -22,7 +22,7 @@ needs_qemu = pytest.mark.skipif(shutil.which("qemu-img") is None,
 
 MIB = 1 << 20
 GET_VHD_KEYS = {"Path", "VhdFormat", "VhdType", "Size", "FileSize", "BlockSize",
-                "LogicalSectorSize", "PhysicalSectorSize", "ParentPath"}
+                "LogicalSectorSize", "PhysicalSectorSize", "ParentPath", "Attached", "VMName"}
 DRIVE_KEYS = {"VMName", "VMId", "ControllerType", "ControllerNumber", "ControllerLocation",
               "Path", "Name"}
 
@@ -73,7 +73,8 @@ def test_new_vhd_then_get_vhd_and_qemu_agree(host, tmp_path, kind, extra, block)
     assert set(info) == GET_VHD_KEYS and info == made
     assert info == {"Path": path, "VhdFormat": "VHDX", "VhdType": kind, "Size": 40 * MIB,
                     "FileSize": os.path.getsize(path), "BlockSize": block,
-                    "LogicalSectorSize": 512, "PhysicalSectorSize": 4096, "ParentPath": None}
+                    "LogicalSectorSize": 512, "PhysicalSectorSize": 4096, "ParentPath": None,
+                    "Attached": False, "VMName": None}
     check = qemu_img("check", "-f", "vhdx", path)
     assert check.returncode == 0, check.stdout + check.stderr
     q = qemu_info(path)
