@@ -62,6 +62,8 @@ def split_globals(argv: list[str]) -> tuple[list[str], str | None, bool]:
 class HvGroup(click.Group):
     """Case-insensitive commands (PowerShell spelling accepted) with suggestions."""
 
+    group_class = type   # subgroups (`host`) answer the same way
+
     def resolve_command(self, ctx, args):
         typed = args[0] if args else ""
         cmd = self.get_command(ctx, typed) or self.get_command(ctx, typed.lower())

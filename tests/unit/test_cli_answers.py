@@ -38,6 +38,13 @@ def test_option_names_are_case_insensitive(capsys):
     assert code == 0 and "--minimum-bytes" in out
 
 
+def test_subcommands_too(capsys):
+    code, out, _ = run(capsys, "HOST", "Up", "--help")
+    assert code == 0 and "--host-memory" in out
+    code, _, err = run(capsys, "host", "dwn")
+    assert code == 2 and "Did you mean down?" in err
+
+
 def test_unknown_command_is_usage_error_with_a_suggestion(capsys):
     code, _, err = run(capsys, "get-vn")
     assert code == 2 and "No such command 'get-vn'" in err and "get-vm" in err
