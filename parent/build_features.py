@@ -13,7 +13,8 @@ SAVED_STATE = False   # <- flip when save-vm lands (issue 13)
 
 START_ACTIONS = ("Nothing", "StartIfRunning", "Start")
 STOP_ACTIONS = ("TurnOff", "Save", "ShutDown") if SAVED_STATE else ("TurnOff", "ShutDown")
-DEFAULT_STOP_ACTION = "Save" if SAVED_STATE else "ShutDown"   # Hyper-V's default is Save
+# Hyper-V's default is Save; without saved state, TurnOff is what `host down` always did.
+DEFAULT_STOP_ACTION = "Save" if SAVED_STATE else "TurnOff"
 SAVE_MISSING = "saved state is not in this build yet (save-vm, stop-vm --save and " \
                "AutomaticStopAction Save arrive with it)"
 

@@ -129,6 +129,9 @@ storage is unreachable. `Heartbeat` is one of `OkApplicationsUnknown`, `NoContac
 `LostCommunication`, `Paused`, `Disabled`. `Status` is a sentence for people.
 `AutomaticStartAction` (at host up): `Nothing`, `StartIfRunning` (default: start it if it was
 running at host down), `Start`; `host up` says which VMs it started so.
+`AutomaticStopAction` (at host down): `TurnOff` (default in this build: the power is pulled),
+`ShutDown` (the guest is asked through the shutdown integration service and turned off if it
+has not gone within 5 s); `Save` arrives with saved state.
 """
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from hypervisor.runtime.errors import HvError
-from parent.build_features import SAVE_MISSING, SAVED_STATE, START_ACTIONS, STOP_ACTIONS
+from parent.build_features import DEFAULT_STOP_ACTION, SAVE_MISSING, SAVED_STATE, START_ACTIONS, STOP_ACTIONS
 from parent.cli.main import cli
 from parent.cli.output import format_uptime, print_error, print_json, print_object, print_table
 from parent.cli.param_types import SIZE, choice
@@ -170,7 +170,8 @@ def remove_vm(g, names, force):
 @click.option("--automatic-start-action", type=choice(START_ACTIONS),
               help="at host up: Nothing, StartIfRunning (if it was running), Start")
 @click.option("--automatic-stop-action", type=choice(("TurnOff", "Save", "ShutDown")),
-              metavar="|".join(STOP_ACTIONS), help="at host down: " + ", ".join(STOP_ACTIONS))
+              metavar="|".join(STOP_ACTIONS),
+              help="at host down: " + ", ".join(STOP_ACTIONS) + f" (default {DEFAULT_STOP_ACTION})")
 @click.pass_obj
 def set_vm(g, name, guest, automatic_start_action, automatic_stop_action):
     """Change a VM's configuration."""

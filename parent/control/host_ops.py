@@ -11,6 +11,7 @@ from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.pidfile import holder_pid
 from hypervisor.runtime.rpc_server import DEFERRED
 from parent.control.op_table import control_op
+from worker.vm_state import VmState
 
 
 @control_op("ping")
@@ -36,16 +37,36 @@ def get_vmhost(vmms, req):
             "VmmsProcessId": os.getpid(), "Home": str(vmms.home.root)}
 
 
+HOST_SHUTDOWN_GUEST_WAIT = 5.0   # seconds a ShutDown guest gets at host down, then turned off
+
+
+def turn_off(worker_pid: int) -> None:
+    try:
+        os.kill(worker_pid, signal.SIGTERM)  # the worker turns its VM off and exits
+    except ProcessLookupError:
+        pass
+
+
+def shut_down_guest(rec) -> None:
+    """AutomaticStopAction ShutDown: ask the guest (shutdown integration service), turn it off
+    if it has not gone in HOST_SHUTDOWN_GUEST_WAIT; a worker that refuses is turned off now."""
+    pid = rec.worker.pid
+    rec.worker.send("stop", {"mode": "shutdown", "force": True, "timeout": HOST_SHUTDOWN_GUEST_WAIT},
+                    lambda ok, _res: ok or rec.worker is None or turn_off(pid), HOST_SHUTDOWN_GUEST_WAIT + 2.0)
+
+
 @control_op("host-shutdown")
 def host_shutdown(vmms, req):
-    """Turn off every running VM, then stop vmms (the hypervisor is stopped by the caller)."""
+    """Stop every running VM by its AutomaticStopAction (ShutDown: the guest is asked; TurnOff:
+    the power is pulled), then stop vmms (the hypervisor is stopped by the caller)."""
     vmms.begin_host_shutdown()
     running = [r for r in vmms.vms.values() if r.worker is not None]
     for rec in running:
-        try:
-            os.kill(rec.worker.pid, signal.SIGTERM)  # the worker turns its VM off and exits
-        except ProcessLookupError:
-            pass
+        if rec.config.get("automatic_stop_action") == "ShutDown" and \
+                rec.state in (VmState.Running, VmState.Paused):
+            shut_down_guest(rec)
+        else:
+            turn_off(rec.worker.pid)  # TurnOff (and Save, while this build has no saved state)
     deadline = time.monotonic() + 10.0
     waiting = {"n": len(running)}
 

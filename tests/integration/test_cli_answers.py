@@ -125,3 +125,21 @@ def test_a_normal_stop_logs_no_error(host):
     logs = "".join(p.read_text() for p in (host.home / "logs").glob("*.log"))
     assert "partition_free_failed" not in logs
     assert '"level": "error"' not in logs
+
+
+def test_host_down_follows_automatic_stop_action_and_host_up_says_what_it_starts(host):
+    for name in ("web1", "web2"):
+        host.hvctl("start-vm", name)
+    _, vm, _ = host.hvctl("set-vm", "web1", "--automatic-stop-action", "shutdown")
+    assert vm["AutomaticStopAction"] == "ShutDown"
+    assert host.vm("web2")["AutomaticStopAction"] == "TurnOff"    # this build's default
+    host.close()
+    host.hvctl("host", "down")
+    reasons = {}
+    for path in (host.home / "vms").glob("*/config.json"):
+        cfg = json.loads(path.read_text())
+        reasons[cfg["name"]] = cfg.get("last_exit_reason")
+    assert reasons["web1"] == "guest shut down"                   # ShutDown: the guest was asked
+    assert reasons["web2"] == "worker terminated"                 # TurnOff: the power was pulled
+    _, up, _ = host.hvctl("host", "up")
+    assert sorted(up["AutoStarted"]) == ["web1", "web2"]            # StartIfRunning
