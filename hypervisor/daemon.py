@@ -1,13 +1,16 @@
 """The hypervisor daemon: partition table, CPU scheduler, memory ledger, hypercall socket.
 
-It governs CPU time and memory and nothing else (DESIGN.md §4): no device I/O ever reaches it.
-One thread, one loop: a zmq poller over the hypercall socket, a signal wake-up pipe and a pidfd
-per partition process (deaths are noticed at once). The loop sleeps until the earlier of the
+It governs CPU time and memory and nothing else (DESIGN.md §4): no device I/O ever reaches it —
+except in the monolithic driver model (hypervisor/monolithic_drivers.py), which adds one thread
+per driver loaded into it and maps every partition's RAM, to show what that costs.
+One loop: a zmq poller over the hypercall socket, a signal wake-up pipe and a pidfd per
+partition process (deaths are noticed at once). The loop sleeps until the earlier of the
 next message, the next death, or the moment the scheduler says a CPU budget can run out.
 """
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import secrets
 import signal
@@ -18,11 +21,13 @@ import setproctitle
 import zmq
 
 from hypervisor.runtime import process_tree, signal_wakeup
+from hypervisor import driver_model
 from hypervisor.cpu_scheduler import CpuScheduler, ProcessorSettings
 from hypervisor.runtime.errors import HvError
 from hypervisor.guest_memory import GuestMemory, sweep_stale
 from hypervisor.hypercalls import HYPERCALLS, authorize
 from hypervisor.runtime.logging_setup import configure
+from hypervisor.monolithic_drivers import MonolithicDrivers
 from hypervisor.memory_ledger import GRANULE, MemoryLedger, MemorySettings
 from hypervisor.partition_table import Partition, PartitionTable, close_fds
 from hypervisor.partition_probe import PartitionProbe
@@ -41,8 +46,12 @@ def default_host_memory() -> int:
 
 
 class Hypervisor:
-    def __init__(self, home: Home, host_memory: int, root_reserve: int, period: float, log):
+    def __init__(self, home: Home, host_memory: int, root_reserve: int, period: float, log,
+                 model: str = driver_model.MICROKERNEL):
         self.home = home
+        self.driver_model = model
+        self.drivers = None          # MonolithicDrivers in the monolithic model
+        self._ram_maps: dict[str, mmap.mmap] = {}   # monolithic: every partition's RAM, mapped
         self.log = log
         self.pid = os.getpid()
         self.host_cpus = os.cpu_count() or 1
@@ -77,8 +86,12 @@ class Hypervisor:
             # the guest maps up to its maximum once; hot-add then needs no remapping
             map_size = min(memory.maximum if memory.dynamic else assigned, self.memory.capacity)
             part.memory.reserve_length(map_size)
+            if self.driver_model == driver_model.MONOLITHIC and map_size:
+                # a monolithic hypervisor's drivers can reach every guest's memory
+                self._ram_maps[part.id] = mmap.mmap(part.memory.fileno(), map_size, mmap.MAP_SHARED)
             self.cpu.add(part.id, processor, time.monotonic())
         except BaseException:
+            self._unmap(part.id)
             self.memory.release(part.id)
             if part.memory is not None:
                 part.memory.close()
@@ -126,6 +139,7 @@ class Hypervisor:
             process_tree.continue_pids(self._members(part.id))
         self.cpu.remove(part.id)
         self.memory.release(part.id)
+        self._unmap(part.id)
         if part.memory is not None:
             part.memory.close()
         probe = self._probes.pop(part.id, None)
@@ -134,6 +148,14 @@ class Hypervisor:
         if probe is not None:
             probe.close()
         self.log.info("partition_freed", partition=part.id, vm_id=part.vm_id, reason=reason)
+
+    def _unmap(self, partition_id: str) -> None:
+        ram = self._ram_maps.pop(partition_id, None)
+        if ram is not None:
+            try:
+                ram.close()
+            except BufferError:
+                pass   # a driver still holds a view of it; it goes with the last reference
 
     def set_suspended(self, part: Partition, suspended: bool) -> dict:
         if part.guest_pid is None:
@@ -171,7 +193,7 @@ class Hypervisor:
                 "memory_available": self.memory.available_to_start,
                 "memory_free": self.memory.available,
                 "cpu_reserve_available": self.cpu.reserve_available_percent(),
-                "partitions": len(self.partitions)}
+                "partitions": len(self.partitions), "driver_model": self.driver_model}
 
     def partition_stats(self, part: Partition) -> dict:
         now = time.monotonic()
@@ -262,6 +284,10 @@ class Hypervisor:
         self.poller.register(router, zmq.POLLIN)
         rfd = signal_wakeup.install()
         self.poller.register(rfd, zmq.POLLIN)
+        if self.driver_model == driver_model.MONOLITHIC:
+            self.drivers = MonolithicDrivers(self.home, self.log)
+            self.poller.register(self.drivers.fileno(), zmq.POLLIN)
+        drivers_fd = self.drivers.fileno() if self.drivers is not None else None
         server = RpcServer(router, {name: (lambda req, h=h.handler: h(self, req))
                                     for name, h in HYPERCALLS.items()},
                            self.log, authorize=lambda req: authorize(self, req))
@@ -276,6 +302,8 @@ class Hypervisor:
                     elif sock == rfd:
                         if signal_wakeup.stop_requested(rfd):
                             self.running = False
+                    elif sock == drivers_fd:
+                        self.drivers.accept()
                     else:
                         self._on_pidfd(sock)
                 now = time.monotonic()
@@ -291,6 +319,8 @@ class Hypervisor:
                     self._balance(now)
                     next_wakeup = min(next_wakeup, self._next_balance)
         finally:
+            if self.drivers is not None:
+                self.drivers.close()
             for part in self.partitions:  # never leave anything stopped behind
                 process_tree.continue_pids(self._members(part.id))
                 self.free_partition(part, "hypervisor exiting")
@@ -302,6 +332,7 @@ def main(argv=None) -> None:
     ap.add_argument("--host-memory", type=int, default=0)
     ap.add_argument("--root-reserve", type=int, default=DEFAULT_ROOT_RESERVE)
     ap.add_argument("--period-ms", type=int, default=100)
+    ap.add_argument("--driver-model", default=driver_model.MICROKERNEL, type=driver_model.parse)
     args = ap.parse_args(argv)
     home = Home.resolve(args.home)
     setproctitle.setproctitle(f"hypervisor {home.root}")
@@ -310,7 +341,7 @@ def main(argv=None) -> None:
     pidfile = PidFile(home.pidfile("hypervisor"))
     pidfile.acquire()
     hv = Hypervisor(home, args.host_memory or default_host_memory(), args.root_reserve,
-                    args.period_ms / 1000, log)
+                    args.period_ms / 1000, log, args.driver_model)
     swept = sweep_stale(home.shm_prefix)
     old = os.umask(0o077)
     ctx = zmq.Context()
@@ -326,7 +357,8 @@ def main(argv=None) -> None:
     finally:
         os.umask(old)
     log.info("hypervisor_started", host_cpus=hv.host_cpus, capacity=hv.memory.capacity,
-             root_reserve=hv.memory.root_reserve, swept_stale_memory=len(swept))
+             root_reserve=hv.memory.root_reserve, swept_stale_memory=len(swept),
+             driver_model=hv.driver_model)
     try:
         hv.serve(router)
     finally:

@@ -17,6 +17,12 @@ after MAX_CRASHES crashes within CRASH_WINDOW — its devices then report errors
 hanging, until `restart-vmhostdriver`; `Stopped` for an installed driver not loaded.
 `Restarts` counts every replacement of the process (crash or restart-vmhostdriver).
 
+In the monolithic driver model (`host up --driver-model monolithic`) the same drivers are
+loaded into the hypervisor process instead (hypervisor/monolithic_drivers.py): vmms connects
+to the hypervisor's `run/hvdrv.sock` and asks it to load one, and that connection is the status
+channel. `InProcessHost` stands where `HostProcess` does: its "process" is the hypervisor, a
+stop is a `stop` message, and the driver is gone when the channel closes or the hypervisor dies.
+
 Workers never go through vmms to reach a driver: they connect to its socket themselves. vmms
 only tells them (`driver-state`) when a driver is back or has failed, via `on_state`.
 """
@@ -32,11 +38,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from hypervisor import driver_model
+from hypervisor.monolithic_drivers import socket_path as monolithic_socket
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
+from hypervisor.runtime.pidfile import holder_pid
 from parent.drivers import registry
 from worker.vmbus import driver_protocol as dp
-from worker.vmbus.transport import receive_messages
+from worker.vmbus.transport import receive_messages, send_message
 
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
@@ -83,6 +92,32 @@ class HostProcess:
         os.close(self.pidfd)
 
 
+class InProcessHost:
+    """A driver loaded into the hypervisor process (monolithic model): `pid` is the
+    hypervisor's; a signal asks for an unload (a thread cannot be killed, and killing its
+    process is killing the hypervisor); it has exited once its status channel closed."""
+
+    popen = None
+    wait_status = None
+
+    def __init__(self, pid: int, sock: socket.socket):
+        self.pid, self.sock = pid, sock
+        self.pidfd = os.pidfd_open(pid)          # the hypervisor's: its death ends the driver
+        self.ended = False
+
+    def send_signal(self, sig: int) -> None:
+        send_message(self.sock, {"t": dp.STOP})
+
+    def has_exited(self) -> bool:
+        return self.ended or bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def returncode(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+
+
 @dataclass
 class DriverProcess:
     name: str
@@ -111,6 +146,7 @@ class DriverSupervisor:
         self.drivers: dict[str, DriverProcess] = {}
         self.forkserver = None                 # DriverForkServer, made at the first start
         self.on_stats: Callable[[str, int, dict], None] | None = None   # (driver, pid, its stats)
+        self.model = driver_model.load(home)
 
     # --- starting --------------------------------------------------------------------------------
     def get(self, name: str) -> DriverProcess:
@@ -153,6 +189,22 @@ class DriverSupervisor:
                 env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})  # nothing else
         return HostProcess(popen.pid, popen)
 
+    def _load_in_hypervisor(self, name: str) -> tuple[socket.socket, InProcessHost]:
+        """Monolithic model: ask the hypervisor to load the driver into its own process."""
+        hv = holder_pid(self.home.pidfile("hypervisor"))
+        if not hv:
+            raise OSError("the hypervisor is not running")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(2.0)
+            sock.connect(str(monolithic_socket(self.home)))
+            if not send_message(sock, {"t": "load", "driver": name}):
+                raise OSError("the hypervisor did not take the load request")
+            return sock, InProcessHost(hv, sock)
+        except BaseException:
+            sock.close()
+            raise
+
     def _reaped(self, pid: int, wait_status: int) -> None:
         """The fork-server reaped one of its driver hosts."""
         for drv in self.drivers.values():
@@ -160,17 +212,24 @@ class DriverSupervisor:
                 drv.proc.wait_status = wait_status
 
     def _start(self, drv: DriverProcess) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            proc = self._fork(drv.name, theirs)
-            if proc is None:
-                proc = self._exec(drv.name, theirs)
-        except OSError as exc:
-            ours.close()
-            self._failed(drv, f"cannot start its driver host: {exc}")
-            return
-        finally:
-            theirs.close()
+        if self.model == driver_model.MONOLITHIC:
+            try:
+                ours, proc = self._load_in_hypervisor(drv.name)
+            except OSError as exc:
+                self._failed(drv, f"the hypervisor cannot load it: {exc}")
+                return
+        else:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                proc = self._fork(drv.name, theirs)
+                if proc is None:
+                    proc = self._exec(drv.name, theirs)
+            except OSError as exc:
+                ours.close()
+                self._failed(drv, f"cannot start its driver host: {exc}")
+                return
+            finally:
+                theirs.close()
         if drv.started_once:
             drv.restarts += 1
         drv.started_once = True
@@ -210,6 +269,9 @@ class DriverSupervisor:
             self._unwatch(drv.sock.fileno())
             drv.sock.close()
             drv.sock = None
+            if isinstance(drv.proc, InProcessHost):   # the only sign an unloaded driver gives
+                drv.proc.ended = True
+                self._exited(drv)
 
     def _exited(self, drv: DriverProcess) -> None:
         proc = drv.proc
@@ -311,6 +373,13 @@ class DriverSupervisor:
 
     def close(self) -> None:
         """Stop every driver host (bounded), e.g. when vmms exits."""
+        for drv in [d for d in self.drivers.values() if isinstance(d.proc, InProcessHost)]:
+            # monolithic: closing the status channel unloads it; the hypervisor is not ours to wait on
+            drv.proc.send_signal(signal.SIGTERM)
+            drv.proc.close()
+            if drv.sock is not None:
+                drv.sock.close()
+            drv.proc, drv.sock, drv.state = None, None, "Stopped"
         live = [d for d in self.drivers.values() if d.proc is not None]
         for drv in live:
             drv.stopping = "stop"

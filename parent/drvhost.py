@@ -305,15 +305,19 @@ class DriverHost:
                                      "protocol_errors": self.protocol_errors,
                                      "driver": extra if isinstance(extra, dict) else {}})
 
-    def serve(self) -> None:
+    def serve(self, in_process: bool = False) -> None:
+        """The loop. `in_process`: a thread of the hypervisor (monolithic model), which keeps
+        its own signals: the loop ends on `stop` from vmms or when the status channel closes."""
         listener = self.listen()
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wfd)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)   # only wakes the loop
+        rfd = None
+        if not in_process:
+            rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.set_wakeup_fd(wfd)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: None)   # only wakes the loop
+            self.sel.register(rfd, selectors.EVENT_READ, ("signal", None))
         self.sel.register(listener, selectors.EVENT_READ, ("listen", listener))
         self.sel.register(self.vmms, selectors.EVENT_READ, ("vmms", None))
-        self.sel.register(rfd, selectors.EVENT_READ, ("signal", None))
         send_message(self.vmms, {"t": dp.READY, "pid": os.getpid(), **self.info()})
         self.log.info("drvhost_ready", **self.info())
         next_tick = time.monotonic() + TICK
@@ -329,9 +333,11 @@ class DriverHost:
                     elif what == "listen":
                         self._accept(obj)
                     elif what == "vmms":
-                        _, closed = receive_messages(self.vmms, accept_fds=False)
+                        msgs, closed = receive_messages(self.vmms, accept_fds=False)
                         if closed:
                             self.log.info("vmms_gone")
+                            self.running = False
+                        if any(msg.get("t") == dp.STOP for msg in msgs):
                             self.running = False
                     elif what == "signal":
                         if any(b in (signal.SIGTERM, signal.SIGINT) for b in os.read(rfd, 64)):
@@ -349,10 +355,47 @@ class DriverHost:
                     self._close(served, "driver host stopping")
                 conn.sock.close()
             listener.close()
+            self.sel.close()
             try:
                 os.unlink(self.home.driver_socket(self.name))
             except OSError:
                 pass
+
+
+def _load(name: str, vmms: socket.socket, log):
+    """The driver's instance, or None (vmms was told why)."""
+    from parent.drivers import registry
+    try:
+        driver = registry.load(name)()
+    except Exception as exc:  # third-party code: anything can happen while importing it
+        message = exc.message if isinstance(exc, HvError) else f"{type(exc).__name__}: {exc}"
+        log.exception("driver_load_failed", error=message)
+        send_message(vmms, {"t": "error", "message": message[:500]})
+        return None
+    driver.name = name
+    return driver
+
+
+def serve_in_process(home_root: str, name: str, vmms: socket.socket, log) -> None:
+    """The monolithic driver model's driver host: this same loop in a thread of the hypervisor
+    process (hypervisor/monolithic_drivers.py loads it by entry point, group
+    `hvemu.driver_hosts`, name `in-process`). `vmms` is the status channel vmms opened to the
+    hypervisor; the driver runs with everything the hypervisor holds."""
+    name = dp.check_driver_name(name)
+    home = Home.resolve(home_root)
+    pidfile = PidFile(home.driver_pidfile(name))
+    try:
+        pidfile.acquire()
+    except HvError as err:
+        send_message(vmms, {"t": "error", "message": err.message[:500]})
+        return
+    try:
+        driver = _load(name, vmms, log)
+        if driver is not None:
+            DriverHost(home, name, driver, vmms, log).serve(in_process=True)
+    finally:
+        pidfile.release()
+        log.info("drvhost_stopped")
 
 
 def main(argv=None) -> None:
@@ -383,16 +426,9 @@ def main(argv=None) -> None:
         log.error("drvhost_locked", error=err.message)
         raise SystemExit(2)
     try:
-        from parent.drivers import registry
-        try:
-            cls = registry.load(name)
-            driver = cls()
-        except Exception as exc:  # third-party code: anything can happen while importing it
-            message = exc.message if isinstance(exc, HvError) else f"{type(exc).__name__}: {exc}"
-            log.exception("driver_load_failed", error=message)
-            send_message(vmms, {"t": "error", "message": message[:500]})
+        driver = _load(name, vmms, log)
+        if driver is None:
             raise SystemExit(3)
-        driver.name = name
         DriverHost(home, name, driver, vmms, log).serve()
     finally:
         pidfile.release()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from hypervisor import driver_model
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.process_tree import is_zombie_or_gone
 from hypervisor.runtime.paths import Home
@@ -69,12 +70,28 @@ def _ping_vmms(home: Home) -> None:
         c.close()
 
 
-def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None = None) -> dict:
+def _choose_driver_model(home: Home, wanted: str | None) -> str:
+    """The model this host runs: the one kept in the home unless another is asked for, which
+    is only possible while the host is down."""
+    kept = driver_model.load(home)
+    if wanted is None:
+        return kept
+    wanted = driver_model.parse(wanted)
+    if wanted != kept and (holder_pid(home.pidfile("hypervisor")) or holder_pid(home.pidfile("vmms"))):
+        raise HvError("InvalidState", f"this host runs the {kept} driver model; switching to {wanted} "
+                                      "needs `hvctl host down` first")
+    return wanted
+
+
+def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None = None,
+            model: str | None = None) -> dict:
     home.ensure()
+    model = _choose_driver_model(home, model)
+    driver_model.save(home, model)
     started = []
     booted = False
     if not holder_pid(home.pidfile("hypervisor")):
-        extra = []
+        extra = ["--driver-model", model]
         if host_memory:
             extra += ["--host-memory", str(host_memory)]
         if root_reserve is not None:
@@ -92,7 +109,8 @@ def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None
             auto_started = _auto_started(home)
     return {"Started": started, "AutoStarted": auto_started,
             "HypervisorProcessId": holder_pid(home.pidfile("hypervisor")),
-            "VmmsProcessId": holder_pid(home.pidfile("vmms")), "Home": str(home.root)}
+            "VmmsProcessId": holder_pid(home.pidfile("vmms")), "Home": str(home.root),
+            "DriverModel": driver_model.DISPLAY[model]}
 
 
 def _auto_started(home: Home) -> list[str]:

@@ -24,8 +24,11 @@ def host():
 @click.option("--host-memory", type=SIZE,
               help="memory pool for partitions, e.g. 8GB (default: half the RAM)")
 @click.option("--root-reserve", type=SIZE, help="memory kept for the root partition, e.g. 512MB")
+@click.option("--driver-model", type=click.Choice(["microkernel", "monolithic"], case_sensitive=False),
+              help="microkernel (default): each driver in its own drvhost process; monolithic: "
+                   "drivers inside the hypervisor process. Kept in the home; changing it needs host down")
 @click.pass_obj
-def host_up(g, host_memory, root_reserve):
+def host_up(g, host_memory, root_reserve, driver_model):
     """Start the hypervisor and vmms if they are not running; return when both answer. A host
     that boots starts the VMs whose AutomaticStartAction says so (Start; StartIfRunning when
     they were running at host down) and says which."""
@@ -35,13 +38,14 @@ def host_up(g, host_memory, root_reserve):
     for label, n in (("--host-memory", mem), ("--root-reserve", reserve)):
         if n is not None and (n % (2 << 20) or (label == "--host-memory" and n <= 0)):
             raise HvError("BadRequest", f"{label} must be a positive multiple of 2 MiB (2MB), got {n} bytes")
-    result = up(Home.resolve(g.home), mem, reserve)
+    result = up(Home.resolve(g.home), mem, reserve, driver_model)
     if g.json:
         print_json(result)
     else:
         what = ", ".join(result["Started"]) or "nothing (already running)"
         print(f"host up at {result['Home']}: started {what}; hypervisor pid "
-              f"{result['HypervisorProcessId']}, vmms pid {result['VmmsProcessId']}")
+              f"{result['HypervisorProcessId']}, vmms pid {result['VmmsProcessId']}; "
+              f"driver model {result['DriverModel']}")
         if result["AutoStarted"]:
             print(f"started automatically (AutomaticStartAction): {', '.join(result['AutoStarted'])}")
 

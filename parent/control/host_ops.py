@@ -7,6 +7,7 @@ import signal
 import time
 
 from hypervisor import hypercall_defs as hc
+from hypervisor.driver_model import DISPLAY as DRIVER_MODELS
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.pidfile import holder_pid
 from hypervisor.runtime.rpc_server import DEFERRED
@@ -34,7 +35,8 @@ def get_vmhost(vmms, req):
             "MemoryFree": info.get("memory_free"),             # not assigned to any partition
             "CpuReserveAvailable": info.get("cpu_reserve_available"),
             "HypervisorProcessId": holder_pid(vmms.home.pidfile("hypervisor")),
-            "VmmsProcessId": os.getpid(), "Home": str(vmms.home.root)}
+            "VmmsProcessId": os.getpid(), "Home": str(vmms.home.root),
+            "DriverModel": DRIVER_MODELS.get(info.get("driver_model"))}
 
 
 HOST_SHUTDOWN_GUEST_WAIT = 5.0   # seconds a ShutDown guest gets at host down, then turned off

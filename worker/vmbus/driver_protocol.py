@@ -25,6 +25,8 @@ HELLO, OPEN, OPENED, REFUSED, CLOSE, CLOSED, FAILED = (
 
 # drvhost -> vmms over the socketpair vmms created when it started the driver host
 READY, STATS = "ready", "stats"
+# vmms -> a driver host served inside the hypervisor (monolithic model): unload the driver
+STOP = "stop"
 
 DRIVER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MAX_RING_SIZE = 16 << 20
