@@ -224,6 +224,9 @@ class CpuScheduler:
         p.settings = settings
         self._dirty = True
 
+    def settings(self, pid: str) -> ProcessorSettings:
+        return self._get(pid).settings
+
     def remove(self, pid: str) -> None:
         self._get(pid)
         del self._parts[pid]

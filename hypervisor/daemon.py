@@ -10,6 +10,7 @@ next message, the next death, or the moment the scheduler says a CPU budget can 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import mmap
 import os
 import secrets
@@ -199,6 +200,8 @@ class Hypervisor:
         now = time.monotonic()
         out = part.describe()
         out["cpu"] = self.cpu.stats(part.id, periods=False)
+        out["processor"] = dataclasses.asdict(self.cpu.settings(part.id))
+        out["memory_settings"] = dataclasses.asdict(self.memory.settings(part.id))
         mem = self.memory.stats(part.id, now)
         out["memory"] = {"assigned": self.memory.assigned(part.id),
                          "demand": self.memory.demand(part.id), **mem}

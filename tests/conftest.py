@@ -165,6 +165,22 @@ def host(request):
     stop_host(h, request)
 
 
+DRIVER_MODELS = ("microkernel", "monolithic")
+
+
+def host_in_model(request):
+    """A host per driver model (`host up --driver-model`, request.param). Device and storage
+    modules use it as their `host` fixture (`pytest.fixture(params=DRIVER_MODELS, name="host")`);
+    a test marked `microkernel_only` (it is about drvhost processes) is skipped in monolithic."""
+    if request.param != "microkernel" and request.node.get_closest_marker("microkernel_only"):
+        pytest.skip("about drvhost processes, which the monolithic model does not have")
+    h = start_host(short_home(), "--host-memory", "4GB", "--root-reserve", "256MB",
+                   "--driver-model", request.param)
+    h.driver_model = request.param
+    yield h
+    stop_host(h, request)
+
+
 @pytest.fixture(scope="module")
 def shared_host(request):
     """One host for a module of tests that do not disturb each other."""

@@ -48,8 +48,9 @@ class BenchHost:
     """A host in a short temporary home; see the module docstring."""
 
     def __init__(self, host_memory: str = "8GB", root_reserve: str | None = None,
-                 prefix: str = "hvb"):
+                 prefix: str = "hvb", up_args: tuple[str, ...] = ()):
         self.home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        self.up_args = up_args
         self.host_memory, self.root_reserve = host_memory, root_reserve
         self.seen: dict[int, psutil.Process] = {}
         self.vm_ids: set[str] = set()
@@ -71,7 +72,7 @@ class BenchHost:
         extra = ["--host-memory", self.host_memory]
         if self.root_reserve:
             extra += ["--root-reserve", self.root_reserve]
-        info = self.hvctl("host", "up", *extra)
+        info = self.hvctl("host", "up", *extra, *self.up_args)
         self.hypervisor = self.remember(info.get("HypervisorProcessId"))
         self.vmms = self.remember(info.get("VmmsProcessId"))
         if self.vmms is not None:

@@ -11,9 +11,12 @@ import psutil
 import pytest
 
 from hypervisor.runtime.paths import Home
-from tests.conftest import alive, wait_until
+from tests.conftest import DRIVER_MODELS, alive, host_in_model, wait_until
 
 pytestmark = pytest.mark.integration
+
+# every test here runs on a host of each driver model (tests/conftest.py host_in_model)
+host = pytest.fixture(params=DRIVER_MODELS, name="host")(host_in_model)
 
 
 def kvp(host, name) -> dict:
@@ -54,6 +57,7 @@ def partitions(host) -> dict:
         c.close()
 
 
+@pytest.mark.microkernel_only
 def test_echo_driver_serves_a_device_from_its_own_driver_host(host):
     echo = driver(host, "echo")
     assert echo["State"] == "Stopped" and echo["Package"] == "hvemu" and echo["ProcessId"] is None
@@ -74,6 +78,7 @@ def test_echo_driver_serves_a_device_from_its_own_driver_host(host):
     assert any(d["Name"] == "echo" and d["State"] == "Running" for d in out)
 
 
+@pytest.mark.microkernel_only
 def test_driver_host_holds_no_credential_and_maps_no_guest_memory(host):
     vm_with_device(host, "c1", "echo", "device-stream:echo:20")
     wait_until(lambda: summary(host, "c1"), 15, what="the stream to finish")
@@ -99,6 +104,7 @@ def test_driver_host_holds_no_credential_and_maps_no_guest_memory(host):
     assert "Unauthorized" in log and "get-host-info" in log
 
 
+@pytest.mark.microkernel_only
 def test_kill_9_of_a_driver_host_loses_no_request(host):
     vm_with_device(host, "s1", "echo", "device-stream:echo:1500:2:4")
     vm_with_device(host, "s2", "echo", "idle")
@@ -124,6 +130,7 @@ def test_kill_9_of_a_driver_host_loses_no_request(host):
     assert s2_dev["ChannelState"] == "Offered" and s2_dev["ChannelId"] != s2_before["ChannelId"]
 
 
+@pytest.mark.microkernel_only
 def test_repeated_crashes_mark_the_driver_failed_and_devices_error_instead_of_hanging(host):
     vm_with_device(host, "f1", "echo", "device-stream:echo:1000000:20:1")
     wait_until(lambda: progress(host, "f1") >= 2, 15, what="the stream to be under way")
@@ -178,6 +185,7 @@ def test_unknown_driver_and_bad_device_arguments_are_refused(host):
     assert host.call("get-vmdevice", vm="b1") == []
 
 
+@pytest.mark.microkernel_only
 def test_killing_vmms_takes_its_driver_hosts_down_and_a_new_vmms_brings_them_back(host):
     vm_with_device(host, "v1", "echo", "device-stream:echo:2000:1:2")
     wait_until(lambda: progress(host, "v1") >= 100, 15, what="the stream to be under way")

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from parent.control.disk_ops import lock_holders
-from tests.conftest import wait_until
+from tests.conftest import DRIVER_MODELS, host_in_model, wait_until
 from worker.guest import disk_pattern
 
 pytestmark = [pytest.mark.integration,
@@ -103,6 +103,7 @@ def test_guest_disk_errors_are_reported_not_hung(host, tmp_path):
     assert result(host, "e1", "disk-write").startswith("error: SIZE 8388608 is beyond")
 
 
+@pytest.mark.microkernel_only
 def test_kill_9_of_the_storage_driver_host_mid_write_loses_nothing(host, tmp_path):
     path = str(tmp_path / "k.vhdx")
     size = 256 * MIB

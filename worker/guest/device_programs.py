@@ -12,11 +12,15 @@
   `done completed=N duplicates=D errors=E reissued=R max_gap_ms=G` (`failed …` when the device
   failed first: the requests waiting end with errors and the stream stops). A device that never
   appears within DEVICE_WAIT publishes `device-stream` = `error: no device of class CLASS`.
+  While it streams, the host can have it send one more request of its choosing: host KVP
+  `device-request` = KIND sends `KIND {}` to the device once, and the answer's `data` (or the
+  whole answer) is published as `device-reply` (scripts/experiment triggers its drivers so).
 - `kvp-echo` mirrors the host's KVP pool into the guest pool (each host item K=V is
   published as K=V; removals follow), so a test sees a full round trip.
 """
 from __future__ import annotations
 
+import json
 import time
 
 from hypervisor.runtime.errors import HvError
@@ -81,7 +85,18 @@ class DeviceStream:
         self.stalls: list[float] = []
         self.stall_count = 0
         self.finished = False
+        self.asked: list[str] = []            # host-requested one-off requests not yet sent
         services.bus.register(class_id, self._make)
+        services.host_listeners.append(self._host_items)
+
+    def _host_items(self, items: dict[str, str], removed: list[str]) -> None:
+        kind = items.get("device-request")
+        if kind:
+            self.asked.append(kind[:64])
+
+    def _reply(self, ok: bool, body: dict) -> None:
+        data = body.get("data") if ok and isinstance(body.get("data"), str) else json.dumps(body, default=str)
+        self.services.publish("device-reply", data[:2000])
 
     def _make(self, bus, offer) -> ClientDevice:
         self.device = ClientDevice(bus, offer)
@@ -96,6 +111,8 @@ class DeviceStream:
                 self.finished = True
                 self.services.publish("device-stream", f"error: no device of class {self.class_id}")
             return
+        while self.asked:
+            self.device.request(self.asked.pop(0), {}, self._reply)
         while self.issued < self.count and len(self.device.pending) < self.window and now >= self.next_issue:
             seq = self.issued
             self.issued += 1

@@ -57,6 +57,8 @@ GUEST_PROGRAMS: dict[str, str] = {
     "device-stream:CLASS:COUNT[:INTERVAL_MS[:WINDOW]]": "sends COUNT requests to its first VMBus "
         "device of class CLASS; publishes KVP device-stream-progress and device-stream = done …",
     "kvp-echo": "mirrors every host KVP item into its own (guest) pool",
+    "secret": "writes HVEMU-SECRET: and 64 random hex digits into its guest RAM, keeps it there, "
+              "and publishes only KVP secret-sha256 (the SHA-256 of that string)",
 }
 
 
@@ -69,7 +71,7 @@ def parse_spec(spec: str) -> GuestSpec:
     if not isinstance(spec, str) or not spec or len(spec) > 4096:
         raise HvError("BadRequest", "guest SPEC must be a non-empty string of at most 4096 characters")
     kind, _, rest = spec.partition(":")
-    if kind in ("idle", "cpu-burn", "no-shutdown") and not rest:
+    if kind in ("idle", "cpu-burn", "no-shutdown", "secret") and not rest:
         return GuestSpec(kind)
     if kind == "command" and rest.strip():
         return GuestSpec("command", command=rest)

@@ -20,6 +20,7 @@ from worker.guest.console import CommandInput, RuntimeConsole
 from worker.guest.guest_ram import GuestRam
 from worker.guest.integration import GuestServices
 from worker.guest.programs import RunningProgram, parse_spec
+from worker.guest.secret_program import SecretProgram
 from worker.guest_link import GuestLink
 
 HEARTBEAT_INTERVAL = 0.5
@@ -112,6 +113,8 @@ class Guest:
             self.program.start_command(self.spec.command)
         elif self.spec.kind in device_programs.KINDS:
             self.services.program = device_programs.start(self.spec, self.services)
+        elif self.spec.kind == "secret":
+            self.services.program = SecretProgram(self.memory, self.services)
 
     def run(self) -> int:
         sel = self.sel
