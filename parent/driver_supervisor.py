@@ -43,6 +43,7 @@ from hypervisor.monolithic_drivers import socket_path as monolithic_socket
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import holder_pid
+from hypervisor.runtime.process_tree import is_zombie_or_gone
 from parent.drivers import registry
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus.transport import receive_messages, send_message
@@ -109,13 +110,15 @@ class InProcessHost:
         send_message(self.sock, {"t": dp.STOP})
 
     def has_exited(self) -> bool:
-        return self.ended or bool(select.select([self.pidfd], [], [], 0)[0])
+        return self.ended or self.pidfd < 0 or bool(select.select([self.pidfd], [], [], 0)[0])
 
     def returncode(self) -> int | None:
         return None
 
     def close(self) -> None:
-        os.close(self.pidfd)
+        if self.pidfd >= 0:   # the channel's close and the hypervisor's death may both report it
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 @dataclass
@@ -192,7 +195,7 @@ class DriverSupervisor:
     def _load_in_hypervisor(self, name: str) -> tuple[socket.socket, InProcessHost]:
         """Monolithic model: ask the hypervisor to load the driver into its own process."""
         hv = holder_pid(self.home.pidfile("hypervisor"))
-        if not hv:
+        if not hv or is_zombie_or_gone(hv):
             raise OSError("the hypervisor is not running")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:

@@ -18,6 +18,9 @@ from worker.guest import disk_pattern
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-utils")]
 
+# every test here runs on a host of each driver model (tests/conftest.py host_in_model)
+host = pytest.fixture(params=DRIVER_MODELS, name="host")(host_in_model)
+
 MIB = 1 << 20
 
 

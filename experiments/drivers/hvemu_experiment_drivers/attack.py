@@ -2,33 +2,40 @@
 hypervisor's ledgers and to stop another VM, and answers what each attempt did:
 
 - get a root credential: from its own process's memory (inside the hypervisor), else from the
-  credential file of any hvemu home it can see;
+  credential file of the host it is loaded in (found from the process titles it can see);
 - with it (or without one), by hypercall: more CPU for its own VM (set-processor: reserve and
   weight), more memory (set-memory), pause another VM (suspend-partition), stop another
   (delete-partition);
-- and, without any credential, kill another VM's guest process outright (SIGKILL)."""
+- and, without any credential, kill another VM of its host: its guest process (SIGKILL).
+
+Only its own host is a target: other hvemu hosts on the machine are never touched."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+from pathlib import Path
 
-from hvemu_experiment_drivers.serving import StreamServing, find_root_credential, visible_homes
+from hvemu_experiment_drivers.serving import StreamServing, find_root_credential, own_home
 
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.rpc_client import RpcClient
 
 
-def _guest_pids(exclude_vm: str) -> dict[str, int]:
-    """vm id -> guest (vmmem) pid of every other VM this process can see."""
+def _guest_pids(home: Path | None, exclude_vm: str) -> dict[str, int]:
+    """vm id -> guest (vmmem) pid of every other VM of this host this process can see."""
     out = {}
+    try:
+        ours = set(os.listdir(home / "vms")) if home else set()
+    except OSError:
+        ours = set()
     for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
         try:
             words = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").split()
         except OSError:
             continue
-        if len(words) >= 3 and words[0] == b"vmmem" and words[-1].decode() != exclude_vm:
+        if len(words) >= 3 and words[0] == b"vmmem" and words[-1].decode() in ours - {exclude_vm}:
             out[words[-1].decode()] = int(pid)
     return out
 
@@ -45,10 +52,10 @@ class AttackDriver(StreamServing):
         report: dict = {}
         cred, home, how = find_root_credential()
         report["credential"] = how
-        homes = [home] if home else visible_homes()
-        if not homes:
+        home = home or own_home()
+        if home is None:
             report["hypercalls"] = "no hypervisor socket in sight"
-        for root in homes[:1]:
+        for root in [home] if home else []:
             client = RpcClient(Home.resolve(root).hypercall_endpoint, auth=cred, timeout=2.0,
                                name="the hypervisor")
             try:
@@ -56,7 +63,7 @@ class AttackDriver(StreamServing):
             finally:
                 client.close()
         killed = []
-        victims = sorted(_guest_pids(own_vm).items())
+        victims = sorted(_guest_pids(home, own_vm).items())
         for vm_id, pid in victims[-1:]:
             try:
                 os.kill(pid, signal.SIGKILL)
