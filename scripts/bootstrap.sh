@@ -27,6 +27,9 @@ if [ -z "$EXTRA" ] && [ -f ".venv/.installed[test]" ] && [ ! pyproject.toml -nt 
   stamp=".venv/.installed[test]"   # installed with the test extra: hvemu itself is there too
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  # a build's leftover metadata in the tree would shadow the installed entry points (the
+  # checkout is on sys.path): drop it so the new ones (drivers, driver hosts) are seen
+  rm -rf hvemu.egg-info
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${EXTRA}"
   touch "$stamp"
 fi
