@@ -98,6 +98,8 @@ class MonolithicDrivers:
         if not isinstance(name, str) or not _NAME.match(name):
             raise HvError("BadRequest", f"bad load request {msg!r}"[:200])
         old = self.threads.get(name)
+        if old is not None:
+            old.join(LOAD_WAIT)   # an unload that just closed its channel is finishing
         if old is not None and old.is_alive():
             raise HvError("Busy", f"driver {name} is still loaded")
         serve = _serving_code()
