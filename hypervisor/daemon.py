@@ -26,6 +26,7 @@ from hypervisor import driver_model
 from hypervisor.cpu_scheduler import CpuScheduler, ProcessorSettings
 from hypervisor.runtime.errors import HvError
 from hypervisor.guest_memory import GuestMemory, sweep_stale
+from hypervisor.ledger_history import LedgerHistory
 from hypervisor.hypercalls import HYPERCALLS, authorize
 from hypervisor.runtime.logging_setup import configure
 from hypervisor.monolithic_drivers import MonolithicDrivers
@@ -68,6 +69,8 @@ class Hypervisor:
         self._outside = 0.0
         self._next_rescan = 0.0
         self._next_balance = 0.0
+        self.history = LedgerHistory()   # get-ledger-history: the ledgers over the last 15 min
+        self._next_history = 0.0
 
     # --- partitions ---------------------------------------------------------------------------
     def create_partition(self, vm_id, name, worker_pid, processor: ProcessorSettings,
@@ -104,6 +107,7 @@ class Hypervisor:
             raise HvError("BadRequest", f"worker process {worker_pid} exited")
         self.partitions.watch(part, fd, "worker")
         self.poller.register(fd, zmq.POLLIN)
+        self.history.add(part.id, time.time())
         self.log.info("partition_created", partition=part.id, vm_id=vm_id, vm_name=name,
                       memory=assigned, processor=processor.__dict__)
         return {"partition_id": part.id, "credential": part.credential,
@@ -141,6 +145,7 @@ class Hypervisor:
         self.cpu.remove(part.id)
         self.memory.release(part.id)
         self._unmap(part.id)
+        self.history.forget(part.id)
         if part.memory is not None:
             part.memory.close()
         probe = self._probes.pop(part.id, None)
@@ -207,6 +212,16 @@ class Hypervisor:
                          "demand": self.memory.demand(part.id), **mem}
         out["memory_path"] = part.memory.path if part.memory is not None else None
         return out
+
+    def record_history(self) -> None:
+        """One ledger sample per partition (every history interval, from the loop)."""
+        cpu, mem = self.cpu, self.memory
+        totals = {}
+        for part in self.partitions:
+            c = cpu.stats(part.id, periods=False)
+            totals[part.id] = (c["entitled"], c["consumed"], c["throttled"],
+                               mem.assigned(part.id), mem.demand(part.id) or 0)
+        self.history.record(time.time(), totals)
 
     # --- the loop ---------------------------------------------------------------------------
     def _on_pidfd(self, fd: int) -> None:
@@ -321,6 +336,9 @@ class Hypervisor:
                     self._next_balance = now + BALANCE_INTERVAL
                     self._balance(now)
                     next_wakeup = min(next_wakeup, self._next_balance)
+                if now >= self._next_history:
+                    self._next_history = now + self.history.interval
+                    self.record_history()
         finally:
             if self.drivers is not None:
                 self.drivers.close()

@@ -31,10 +31,11 @@ LIST_PARTITIONS = "list-partitions"
 SHUTDOWN = "shutdown"
 REPORT_MEMORY_DEMAND = "report-memory-demand"
 GET_OWN_STATS = "get-own-stats"
+GET_LEDGER_HISTORY = "get-ledger-history"   # the ledgers' last 15 min (hypervisor/ledger_history.py)
 HYPERCALL_NAMES = frozenset({
     PING, GET_HOST_INFO, CREATE_PARTITION, ATTACH_GUEST, DELETE_PARTITION, SUSPEND_PARTITION,
     RESUME_PARTITION, SET_PROCESSOR, CHECK_PROCESSOR, SET_MEMORY, LIST_PARTITIONS, SHUTDOWN,
-    REPORT_MEMORY_DEMAND, GET_OWN_STATS})
+    REPORT_MEMORY_DEMAND, GET_OWN_STATS, GET_LEDGER_HISTORY})
 
 
 # --- processors (Set-VMProcessor) ------------------------------------------------------------------

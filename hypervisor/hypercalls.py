@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from hypervisor import hypercall_defs as hc
 from hypervisor.hypercall_defs import MemorySettings, ProcessorSettings, memory_settings, processor_settings
-from hypervisor.runtime.arg_checks import get_int, get_map, get_str
+from hypervisor.runtime.arg_checks import get_float, get_int, get_map, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import Request
 
@@ -133,6 +133,26 @@ def _set_memory(hv, req):
 def _list(hv, req):
     """Every partition with its CPU and memory ledger figures."""
     return [hv.partition_stats(p) for p in hv.partitions]
+
+
+@hypercall(hc.GET_LEDGER_HISTORY, ROOT)
+def _ledger_history(hv, req):
+    """The ledgers' recent past per partition (hypervisor/ledger_history.py): samples newer
+    than `since` (wall time; all when absent), at most `limit` per partition, for the VMs in
+    `vm_ids` (all when absent). Compact, as it is polled every second for every VM: each
+    partition is a list [partition_id, vm_id, [entitled, consumed, throttled] (cumulative CPU
+    seconds as of its newest sample), then one list per column of `columns`]."""
+    from hypervisor.ledger_history import COLUMNS
+    since = get_float(req.args, "since", lo=0) if req.args.get("since") is not None else None
+    limit = get_int(req.args, "limit", None, lo=0, hi=1 << 20)
+    vm_ids = req.args.get("vm_ids")
+    if vm_ids is not None and (not isinstance(vm_ids, list) or not all(isinstance(v, str) for v in vm_ids)):
+        raise HvError("BadRequest", "argument 'vm_ids' must be a list of VM ids")
+    wanted = set(vm_ids) if vm_ids is not None else None
+    history = hv.history
+    return {"interval": history.interval, "window": history.window, "columns": list(COLUMNS),
+            "partitions": [[p.id, p.vm_id, history.last_totals(p.id), *history.read_columns(p.id, since, limit)]
+                           for p in hv.partitions if wanted is None or p.vm_id in wanted]}
 
 
 @hypercall(hc.SHUTDOWN, ROOT)

@@ -39,10 +39,12 @@ class Client:
         args = {k: v for k, v in args.items() if v is not None}
         return self._client().call(op, args, timeout=timeout)
 
-    def call_many(self, calls: list[tuple[str, dict]], timeout: float | None = None) -> list:
-        """Pipelined: every request is sent at once; HvErrors come back in their slots."""
+    def call_many(self, calls: list[tuple[str, dict]], timeout: float | None = None,
+                  on_reply=None) -> list:
+        """Pipelined: every request is sent at once; HvErrors come back in their slots.
+        `on_reply(index)` is called as each reply arrives (progress bars)."""
         calls = [(op, {k: v for k, v in a.items() if v is not None}) for op, a in calls]
-        return self._client().call_many(calls, timeout=timeout, return_errors=True)
+        return self._client().call_many(calls, timeout=timeout, return_errors=True, on_reply=on_reply)
 
     def events(self, vm_id: str | None = None, timeout: float | None = None) -> "EventStream":
         """Subscribe to vmms's event stream now; iterate for (topic, payload). Iteration stops

@@ -1,12 +1,13 @@
 # Sourced by scripts/demo and scripts/test: create or reuse .venv and install the project.
-# Debian packages the tests and benchmarks use (qemu-img, cpulimit, socat) are installed when
+# Debian packages the tests and benchmarks use (qemu-img, cpulimit, socat; chromium and
+# chromium-driver for the web manager's browser test) are installed when
 # missing and we may (root or sudo); everything Python comes from PyPI into .venv.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 need_apt=()
-for pair in qemu-img:qemu-utils cpulimit:cpulimit socat:socat; do
+for pair in qemu-img:qemu-utils cpulimit:cpulimit socat:socat chromium:chromium chromedriver:chromium-driver; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair##*:}")
 done
 if [ "${#need_apt[@]}" -gt 0 ] && [ "${HVEMU_SKIP_APT:-0}" != 1 ]; then

@@ -54,9 +54,9 @@ class RpcClient:
         return self.call_many([(op, args or {})], timeout=timeout)[0]
 
     def call_many(self, calls: list[tuple[str, dict]], timeout: float | None = None,
-                  return_errors: bool = False) -> list[Any]:
+                  return_errors: bool = False, on_reply=None) -> list[Any]:
         """Send every call at once, gather replies in order. With return_errors, an HvError is
-        returned in its slot instead of raised."""
+        returned in its slot instead of raised. `on_reply(index)` is called as each arrives."""
         timeout = self.timeout if timeout is None else timeout
         sock = self._socket()
         pending: dict[str, int] = {}
@@ -86,4 +86,6 @@ class RpcClient:
                     self.close() if pending else None
                     raise err
                 results[index] = err
+            if on_reply is not None:
+                on_reply(index)
         return results

@@ -47,13 +47,16 @@ def show_drives(g, drives: list[dict]) -> None:
 def new_vhd(g, path, size_bytes, dynamic, block_size_bytes, logical_sector_size_bytes,
             physical_sector_size_bytes):
     """Create a VHDX file (dynamic by default)."""
-    info = g.client.call(
-        "new-vhd", path=absolute(path), size_bytes=size_bytes,
-        fixed=not dynamic, dynamic=dynamic, block_size_bytes=block_size_bytes,
-        logical_sector_size_bytes=int(logical_sector_size_bytes) if logical_sector_size_bytes
-        else None,
-        physical_sector_size_bytes=int(physical_sector_size_bytes) if physical_sector_size_bytes
-        else None)
+    from parent.cli import progress
+    args = dict(path=absolute(path), size_bytes=size_bytes,
+                fixed=not dynamic, dynamic=dynamic, block_size_bytes=block_size_bytes,
+                logical_sector_size_bytes=int(logical_sector_size_bytes) if logical_sector_size_bytes
+                else None,
+                physical_sector_size_bytes=int(physical_sector_size_bytes) if physical_sector_size_bytes
+                else None)
+    info = progress.call_watching_file(g, "new-vhd", args, args["path"],
+                                       size_bytes if not dynamic else None,
+                                       f"new-vhd {os.path.basename(path)} (fixed)")
     print_json(info) if g.json else print_object(info)
 
 

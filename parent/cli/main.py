@@ -105,10 +105,12 @@ def register_commands() -> None:
     from parent.cli import host_commands, resource_commands, vm_commands  # noqa: F401  (they attach to `cli`)
     from parent.cli import disk_commands  # noqa: F401
     from parent.cli import driver_commands, integration_commands  # noqa: F401
+    from parent.cli import monitor_commands  # noqa: F401  (top, web, get-vmhistory, completion, host serve)
     # (new command modules: import them above this line)
     add_unavailable_commands()
     from parent.cli import vm_selection
     vm_selection.apply(cli)
+    monitor_commands.attach_vm_completion(cli)   # after apply: it replaces some VM arguments
 
 
 def add_unavailable_commands() -> None:

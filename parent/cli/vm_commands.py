@@ -38,7 +38,8 @@ def current(g, vms: list[dict]) -> list[dict]:
 
 def for_each_vm(g, op: str, names, **args) -> None:
     """Run `op` on every VM at once; print the VMs as they are now; exit 1 if any failed."""
-    results = g.client.call_many([(op, {"vm": n, **args}) for n in names])
+    from parent.cli import progress
+    results = progress.call_many(g, [(op, {"vm": n, **args}) for n in names], f"{op} {len(names)} VMs")
     ok, failed = [], []
     for res in results:
         (failed if isinstance(res, HvError) else ok).append(res)
