@@ -55,11 +55,11 @@ def serve(home: Home, host_memory: int | None, root_reserve: int | None, log=pri
                 log(f"{', '.join(missing)} not running: starting again", flush=True)
                 try:
                     up = host_up(home)
-                    notify(f"STATUS=restarted {', '.join(up['started'])}")
+                    notify(f"STATUS=restarted {', '.join(up['Started'])}")
                 except HvError as err:
                     log(f"hvctl: {err.code}: {err.message}", flush=True)
     finally:
         notify("STOPPING=1")
         down = host_down(home)
-        log("host down" + (f": stopped {', '.join(down['stopped'])}" if down["stopped"] else ""),
+        log("host down" + (f": stopped {', '.join(down['Stopped'])}" if down["Stopped"] else ""),
             flush=True)

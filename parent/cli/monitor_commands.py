@@ -100,7 +100,7 @@ def web(g, port, bind, stop, foreground):
     home = Home.resolve(g.home)
     if stop:
         res = web_control.stop(home)
-        print_json(res) if g.json else print("web manager " + ("stopped" if res["stopped"] else "was not running"))
+        print_json(res) if g.json else print("web manager " + ("stopped" if res["Stopped"] else "was not running"))
         return
     if foreground:
         from parent.web.server import main as serve
@@ -209,7 +209,7 @@ def attach_vm_completion(group: click.Group) -> None:
             continue
         arg = vm_param(name, cmd)
         for param in cmd.params:
-            if param is arg or (isinstance(param, click.Option) and param.name == "vm"):
+            if param is arg or (isinstance(param, click.Option) and param.name in ("vm", "vms")):
                 param._custom_shell_complete = complete_vm_names
 
 

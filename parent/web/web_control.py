@@ -60,7 +60,7 @@ def start(home: Home, port: int = 0, bind: str = "127.0.0.1") -> dict:
             if port and info.get("Port") != port:
                 raise HvError("AlreadyExists", f"the web manager of {home.root} already runs at "
                                                f"{info['Url']} (stop it with: hvctl web --stop)")
-            return dict(info, started=False)
+            return dict(info, Started=False)
     _check_port(bind, port)
     out = open(home.logs_dir / "hvweb.out", "ab")
     env = dict(os.environ)
@@ -84,7 +84,7 @@ def start(home: Home, port: int = 0, bind: str = "127.0.0.1") -> dict:
             raise HvError("Internal", f"hvweb exited with status {proc.returncode}; see {home.logs_dir / 'hvweb.out'}")
         info = _info(home, proc.pid)
         if info is not None:
-            return dict(info, started=True)
+            return dict(info, Started=True)
         time.sleep(0.02)
     proc.kill()
     raise HvError("Timeout", f"hvweb did not start within {START_WAIT:g} s; see {home.logs_dir / 'hvweb.out'}")
@@ -93,11 +93,11 @@ def start(home: Home, port: int = 0, bind: str = "127.0.0.1") -> dict:
 def stop(home: Home, timeout: float = 10.0) -> dict:
     pid = holder_pid(_pidfile(home))
     if not pid:
-        return {"stopped": False}
+        return {"Stopped": False}
     from parent.host_control import _stop
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return {"stopped": False}
+        return {"Stopped": False}
     _stop(pid, timeout)
-    return {"stopped": True, "ProcessId": pid}
+    return {"Stopped": True, "ProcessId": pid}

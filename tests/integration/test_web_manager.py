@@ -40,7 +40,7 @@ def host(request):
 @pytest.fixture(scope="module")
 def web(host):
     _, info, _ = host.hvctl("web")
-    assert info["Url"].startswith("http://127.0.0.1:") and info["started"]
+    assert info["Url"].startswith("http://127.0.0.1:") and info["Started"]
     assert len(info["Token"]) >= 32
     yield info
 
@@ -139,7 +139,7 @@ def test_web_api_and_bad_input(host, web):
     token_file = Path(web["TokenPath"])
     assert token_file.stat().st_mode & 0o777 == 0o600 and token_file.read_text().strip() == token
     rc, again, _ = host.hvctl("web")                       # idempotent: the same process
-    assert again["ProcessId"] == web["ProcessId"] and not again["started"]
+    assert again["ProcessId"] == web["ProcessId"] and not again["Started"]
     status, ctype, body = http(url)
     assert status == 200 and "text/html" in ctype and b"hvemu" in body
     state = wait_until(lambda: (lambda s: s if s["vms"] and not s["error"] else None)(
