@@ -21,7 +21,7 @@ import psutil
 import setproctitle
 import zmq
 
-from hypervisor.runtime import process_tree, signal_wakeup
+from hypervisor.runtime import isolation, process_tree, sandbox, signal_wakeup
 from hypervisor import driver_model
 from hypervisor.cpu_scheduler import CpuScheduler, ProcessorSettings
 from hypervisor.runtime.errors import HvError
@@ -31,6 +31,7 @@ from hypervisor.hypercalls import HYPERCALLS, authorize
 from hypervisor.runtime.logging_setup import configure
 from hypervisor.monolithic_drivers import MonolithicDrivers
 from hypervisor.memory_ledger import GRANULE, MemoryLedger, MemorySettings
+from hypervisor.partition_cgroup import PartitionCgroups
 from hypervisor.partition_table import Partition, PartitionTable, close_fds
 from hypervisor.partition_probe import PartitionProbe
 from hypervisor.runtime.paths import Home
@@ -71,6 +72,8 @@ class Hypervisor:
         self._next_balance = 0.0
         self.history = LedgerHistory()   # get-ledger-history: the ledgers over the last 15 min
         self._next_history = 0.0
+        self.isolation = isolation.load(home.run_dir)
+        self.cgroups = PartitionCgroups(self.isolation.cgroup, home.shm_prefix[len("hvemu-"):-1], log)
 
     # --- partitions ---------------------------------------------------------------------------
     def create_partition(self, vm_id, name, worker_pid, processor: ProcessorSettings,
@@ -124,6 +127,11 @@ class Hypervisor:
         fd = process_tree.pidfd(guest_pid)
         if fd is None:
             raise HvError("BadRequest", f"guest process {guest_pid} exited")
+        try:  # bounds before the guest boots: everything it forks is inside
+            self.cgroups.create(part.id, guest_pid, self.memory.assigned(part.id))
+        except OSError as exc:
+            close_fds([fd])
+            raise HvError("Internal", f"cannot bound partition {part.id}: {exc}") from None
         part.guest_pid = guest_pid
         self.partitions.watch(part, fd, "guest")
         self.poller.register(fd, zmq.POLLIN)
@@ -142,6 +150,7 @@ class Hypervisor:
             close_fds([fd])
         if self.cpu.is_stopped(part.id) or part.suspended:
             process_tree.continue_pids(self._members(part.id))
+        self.cgroups.remove(part.id)
         self.cpu.remove(part.id)
         self.memory.release(part.id)
         self._unmap(part.id)
@@ -168,6 +177,9 @@ class Hypervisor:
             raise HvError("InvalidState", f"partition {part.id} has no guest yet")
         part.suspended = suspended
         self.cpu.set_paused(part.id, suspended)
+        if self.cgroups.version is not None:
+            # the freezer stops (or thaws) every process of the partition at once
+            self.cgroups.freeze(part.id, suspended)
         if suspended:
             # stop synchronously (fresh /proc scan) so the reply means "really stopped"
             process_tree.signal_pids(self._probes[part.id].members, signal.SIGSTOP)
@@ -199,7 +211,9 @@ class Hypervisor:
                 "memory_available": self.memory.available_to_start,
                 "memory_free": self.memory.available,
                 "cpu_reserve_available": self.cpu.reserve_available_percent(),
-                "partitions": len(self.partitions), "driver_model": self.driver_model}
+                "partitions": len(self.partitions), "driver_model": self.driver_model,
+                "isolation_mode": self.isolation.mode,
+                "cgroup": self.cgroups.version, "sandbox_uid_base": self.isolation.uid_base or None}
 
     def partition_stats(self, part: Partition) -> dict:
         now = time.monotonic()
@@ -211,6 +225,7 @@ class Hypervisor:
         out["memory"] = {"assigned": self.memory.assigned(part.id),
                          "demand": self.memory.demand(part.id), **mem}
         out["memory_path"] = part.memory.path if part.memory is not None else None
+        out["cgroup"] = self.cgroups.stats(part.id)
         return out
 
     def record_history(self) -> None:
@@ -296,6 +311,8 @@ class Hypervisor:
             part = self.partitions.by_id.get(pid)
             if part is not None and part.memory is not None:
                 part.memory.assign(size)
+                if part.guest_pid is not None:
+                    self.cgroups.set_memory(pid, size)
 
     def serve(self, router) -> None:
         self.poller = zmq.Poller()
@@ -335,6 +352,8 @@ class Hypervisor:
                 if now >= self._next_balance:
                     self._next_balance = now + BALANCE_INTERVAL
                     self._balance(now)
+                    if self.cgroups.pending:
+                        self.cgroups.sweep()
                     next_wakeup = min(next_wakeup, self._next_balance)
                 if now >= self._next_history:
                     self._next_history = now + self.history.interval
@@ -345,6 +364,7 @@ class Hypervisor:
             for part in self.partitions:  # never leave anything stopped behind
                 process_tree.continue_pids(self._members(part.id))
                 self.free_partition(part, "hypervisor exiting")
+            self.cgroups.close()
 
 
 def main(argv=None) -> None:
@@ -357,6 +377,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     home = Home.resolve(args.home)
     setproctitle.setproctitle(f"hypervisor {home.root}")
+    sandbox.set_not_dumpable()  # no /proc/<pid>/mem, no ptrace: it holds the root credential
+    os.umask(0o077)
     home.ensure()
     log = configure(home.logs_dir, "hypervisor")
     pidfile = PidFile(home.pidfile("hypervisor"))

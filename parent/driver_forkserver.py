@@ -88,9 +88,10 @@ class DriverForkServer:
         """Fork a host for `driver` that reports on `status_sock`; its pid (bounded wait)."""
         from hypervisor.runtime.errors import HvError
         from worker.vmbus.transport import send_message
-        if self.sock is None or not send_message(self.sock, {"t": "start", "driver": driver,
-                                                             "home": str(self.home.root)},
-                                                 [status_sock.fileno()]):
+        from parent.sandbox_ids import driver_sandbox
+        start = {"t": "start", "driver": driver, "home": str(self.home.root),
+                 "sandbox": driver_sandbox(self.home, driver)}   # its own uid (DESIGN §9)
+        if self.sock is None or not send_message(self.sock, start, [status_sock.fileno()]):
             raise HvError("Unavailable", "the driver fork-server is gone")
         answer = self._wait(lambda m: m.get("driver") == driver and m.get("t") in ("started", "error"),
                             self.START_WAIT)
@@ -154,10 +155,12 @@ def _child(msg: dict, fd: int, closing: list) -> None:
             signal.signal(sig, signal.SIG_DFL)
         for obj in closing:
             obj.close() if hasattr(obj, "close") else os.close(obj)
+        import json
         from parent import drvhost
         try:
             drvhost.main(["--home", str(msg["home"]), "--driver", str(msg["driver"]),
-                          "--vmms-fd", str(fd), "--parent", str(os.getppid())])
+                          "--vmms-fd", str(fd), "--parent", str(os.getppid()),
+                          "--sandbox", json.dumps(msg.get("sandbox") or {})])
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -171,6 +174,7 @@ def serve(sock: socket.socket) -> None:
     import parent.drivers.driver_api  # noqa: F401
     import parent.drivers.registry  # noqa: F401
     import parent.drvhost  # noqa: F401
+    from hypervisor.runtime.sandbox import fork_in_new_pid_ns
     from worker.vmbus.driver_protocol import check_driver_name
     from worker.vmbus.transport import close_fds, receive_messages, send_message
     rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -199,7 +203,13 @@ def serve(sock: socket.socket) -> None:
                 send_message(sock, {"t": "error", "driver": str(msg.get("driver"))[:40],
                                     "message": str(exc)[:300]})
                 continue
-            pid = os.fork()
+            sandbox = msg.get("sandbox") if isinstance(msg.get("sandbox"), dict) else {}
+            try:   # Full isolation: the host is pid 1 of its own PID namespace
+                pid = fork_in_new_pid_ns() if sandbox.get("mode") == "Full" else os.fork()
+            except OSError as exc:
+                close_fds(fds)
+                send_message(sock, {"t": "error", "driver": msg["driver"], "message": str(exc)[:300]})
+                continue
             if pid == 0:
                 _child(msg, fds[0], [sel, sock, rfd, wfd])
             os.close(fds[0])
@@ -212,6 +222,9 @@ def main() -> None:
     import setproctitle
     fd, home = int(sys.argv[1]), sys.argv[2]
     setproctitle.setproctitle(f"drvhost-forkserver {home}")
+    from hypervisor.runtime.sandbox import set_not_dumpable
+    set_not_dumpable()
+    os.umask(0o077)
     serve(socket.socket(fileno=fd))
 
 

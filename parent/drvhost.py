@@ -51,6 +51,14 @@ def attempt_hypercall(op: str) -> dict:
     seen = {"environment": sorted(os.environ)}
     if _HOME is None:
         return {"ok": False, "code": "Unavailable", "message": "no home", **seen}
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:   # a sandboxed driver host cannot even reach the socket (DESIGN §9)
+        probe.connect(_HOME.hypercall_endpoint[len("ipc://"):])
+    except OSError as exc:
+        return {"ok": False, "code": "Unavailable",
+                "message": f"the hypercall socket cannot be reached: {exc}", **seen}
+    finally:
+        probe.close()
     client = RpcClient(_HOME.hypercall_endpoint, auth=None, timeout=2.0, name="the hypervisor")
     try:
         result = client.call(op, {})
@@ -59,6 +67,34 @@ def attempt_hypercall(op: str) -> dict:
         return {"ok": False, "code": err.code, "message": err.message, **seen}
     finally:
         client.close()
+
+
+def listen(home: Home, name: str) -> socket.socket:
+    """Bind `run/d/<driver>.sock` (before the sandbox: the driver host keeps only the listening
+    descriptor, it can reach no path of the home afterwards)."""
+    path = home.driver_socket(name)
+    try:
+        os.unlink(path)  # we hold the pid-file lock: any socket file here is stale
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    old = os.umask(0o077)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+def enter_sandbox(home: Home, sandbox: dict) -> None:
+    """The driver host's sandbox (DESIGN §9, hypervisor/runtime/sandbox.py): its own uid,
+    no_new_privs, own mount/IPC namespaces (PID: forked into one), the home out of sight."""
+    from hypervisor.runtime import sandbox as sb
+    plan = sb.driver_plan(sandbox.get("mode") or "None", sandbox.get("uid"), sandbox.get("gid"),
+                          hide=[str(home.root)])
+    sb.apply(plan)
 
 
 @dataclass
@@ -87,20 +123,11 @@ class DriverHost:
 
     # --- setup ---------------------------------------------------------------------------------
     def listen(self) -> socket.socket:
-        path = self.home.driver_socket(self.name)
+        return listen(self.home, self.name)
         try:
             os.unlink(path)  # we hold the pid-file lock: any socket file here is stale
         except FileNotFoundError:
             pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        old = os.umask(0o077)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old)
-        sock.listen(64)
-        sock.setblocking(False)
-        return sock
 
     def info(self) -> dict:
         d = self.driver
@@ -122,7 +149,12 @@ class DriverHost:
                 raise HvError("BadRequest", f"buffer size {msg.get('buffer_size')!r} is not the "
                                             f"driver's {self.driver.buffer_size}")
             settings = msg.get("settings") if isinstance(msg.get("settings"), dict) else {}
-            owned, fds = fds, []   # the endpoint owns them now (it closes them if it fails)
+            names = msg.get("files") if isinstance(msg.get("files"), list) else []
+            if len(fds) != 3 + len(names) or not all(isinstance(n, str) for n in names):
+                raise HvError("BadRequest", f"an open needs 3 channel descriptors and one per "
+                                            f"file, got {len(fds)} for {len(names)} files")
+            files = dict(zip(names, fds[3:]))
+            owned, fds = fds[:3], fds[3:]   # the endpoint owns them now (it closes them if it fails)
             endpoint = ChannelEndpoint(owned, self.driver.ring_size, "host", self.driver.buffer_size)
         except (HvError, RingProtocolError, OSError) as err:
             close_fds(fds)
@@ -130,9 +162,14 @@ class DriverHost:
             return
         channel = DriverChannel(self, cid, str(msg.get("vm_id")), str(msg.get("vm_name")),
                                 str(msg.get("instance_id")), msg.get("version"), settings)
+        channel.files = files
         served = Served(conn, endpoint, channel)
         try:
-            self.driver.open(channel)
+            try:
+                self.driver.open(channel)
+            finally:
+                close_fds(list(channel.files.values()))   # what the driver did not take
+                channel.files = {}
         except DriverRefused as exc:
             endpoint.close()
             send_message(conn.sock, {"t": dp.REFUSED, "channel_id": cid, "reason": str(exc)})
@@ -305,10 +342,10 @@ class DriverHost:
                                      "protocol_errors": self.protocol_errors,
                                      "driver": extra if isinstance(extra, dict) else {}})
 
-    def serve(self, in_process: bool = False) -> None:
+    def serve(self, in_process: bool = False, listener: socket.socket | None = None) -> None:
         """The loop. `in_process`: a thread of the hypervisor (monolithic model), which keeps
         its own signals: the loop ends on `stop` from vmms or when the status channel closes."""
-        listener = self.listen()
+        listener = listener or self.listen()
         rfd = None
         if not in_process:
             rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -405,6 +442,7 @@ def main(argv=None) -> None:
     ap.add_argument("--driver", required=True)
     ap.add_argument("--vmms-fd", type=int, required=True)
     ap.add_argument("--parent", type=int, required=True)
+    ap.add_argument("--sandbox", default="{}")
     args = ap.parse_args(argv)
     import sys
     sys.modules.setdefault("parent.drvhost", sys.modules[__name__])  # one module under -m too
@@ -426,12 +464,23 @@ def main(argv=None) -> None:
         log.error("drvhost_locked", error=err.message)
         raise SystemExit(2)
     try:
+        import json
+        listener = listen(home, name)
+        try:   # never run a driver unconfined when the host is meant to confine it
+            enter_sandbox(home, json.loads(args.sandbox))
+        except (OSError, ValueError) as exc:
+            log.error("drvhost_sandbox_failed", error=str(exc))
+            send_message(vmms, {"t": "error", "message": f"sandbox: {exc}"[:500]})
+            raise SystemExit(4)
         driver = _load(name, vmms, log)
         if driver is None:
             raise SystemExit(3)
-        DriverHost(home, name, driver, vmms, log).serve()
+        DriverHost(home, name, driver, vmms, log).serve(listener=listener)
     finally:
-        pidfile.release()
+        try:
+            pidfile.release()
+        except OSError:
+            pass   # out of the sandbox's sight: the next host takes the lock over
         log.info("drvhost_stopped")
 
 

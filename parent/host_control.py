@@ -85,12 +85,16 @@ def _choose_driver_model(home: Home, wanted: str | None) -> str:
 
 def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None = None,
             model: str | None = None) -> dict:
+    from hypervisor.runtime import isolation
     home.ensure()
     model = _choose_driver_model(home, model)
     driver_model.save(home, model)
     started = []
     booted = False
+    iso = None
     if not holder_pid(home.pidfile("hypervisor")):
+        iso = isolation.choose()     # the host's isolation mode, uid range and cgroups (§9)
+        isolation.save(home.run_dir, iso)
         extra = ["--driver-model", model]
         if host_memory:
             extra += ["--host-memory", str(host_memory)]
@@ -107,10 +111,14 @@ def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None
         started.append("vmms")
         if booted:
             auto_started = _auto_started(home)
+    current = iso or isolation.load(home.run_dir)
     return {"Started": started, "AutoStarted": auto_started,
             "HypervisorProcessId": holder_pid(home.pidfile("hypervisor")),
             "VmmsProcessId": holder_pid(home.pidfile("vmms")), "Home": str(home.root),
-            "DriverModel": driver_model.DISPLAY[model]}
+            "DriverModel": driver_model.DISPLAY[model],
+            "IsolationMode": current.mode,
+            # what is not isolated, said once: when this call booted the host
+            "NotIsolated": current.not_isolated() if iso is not None else []}
 
 
 def _auto_started(home: Home) -> list[str]:

@@ -249,14 +249,18 @@ class Vmms:
         self.ensure_drivers(rec)
         self.disk_meter.vm_started(rec.id)
         cfg = rec.config
-        launch = {"vm_id": rec.id, "name": rec.name, "home": str(self.home.root),
+        from parent.sandbox_ids import vm_sandbox
+        sandbox = vm_sandbox(self, rec)  # the partition's own uid (DESIGN §9)
+        launch = {"vm_id": rec.id, "name": rec.name, "home": str(self.home.root), "sandbox": sandbox,
                   "config": {**{k: cfg[k] for k in ("guest", "processor", "memory")},
                              "integration_services": enabled_services(rec),
                              "kvp_host": dict(cfg.get("kvp_host") or {}),
                              "com_ports": dict(cfg.get("com_ports") or {}),
                              "devices": vm_devices(rec), "driver_failures": self.driver_failures(rec)}}
         pid = self.forkserver.launch(launch)
-        self.adopt(rec, WorkerHandle(self.ctx, self.home, rec.id, pid, self.on_worker_status))
+        handle = WorkerHandle(self.ctx, self.home, rec.id, pid, self.on_worker_status)
+        handle.reserved_slots = () if sandbox["slot"] is None else (sandbox["slot"],)
+        self.adopt(rec, handle)
 
     def adopt(self, rec: VmRecord, handle) -> None:
         rec.worker = handle
@@ -411,6 +415,7 @@ class Vmms:
             "Uptime": round(uptime, 3), "Heartbeat": heartbeat,
             "WorkerProcessId": rec.worker.pid if rec.worker else None,
             "GuestProcessId": st.get("guest_pid") if rec.worker else None,
+            "SandboxUid": st.get("sandbox_uid") if rec.worker else None,
             "Guest": cfg["guest"],
             "AutomaticStartAction": cfg["automatic_start_action"],
             "AutomaticStopAction": cfg["automatic_stop_action"],
@@ -497,6 +502,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     home = Home.resolve(args.home)
     setproctitle.setproctitle(f"vmms {home.root}")
+    from hypervisor.runtime.sandbox import set_not_dumpable
+    set_not_dumpable()  # no /proc/<pid>/mem, no ptrace: it holds the root credential
+    os.umask(0o077)     # every file of the home is 0600, every folder 0700
     home.ensure()
     log = configure(home.logs_dir, "vmms")
     pidfile = PidFile(home.pidfile("vmms"))

@@ -103,6 +103,9 @@ def main() -> None:
     import setproctitle
     fd, home = int(sys.argv[1]), sys.argv[2]
     setproctitle.setproctitle(f"vmms-forkserver {home}")
+    from hypervisor.runtime.sandbox import set_not_dumpable
+    set_not_dumpable()  # it and every vmwp it forks: no /proc/<pid>/mem, no ptrace
+    os.umask(0o077)
     serve(socket.socket(fileno=fd))
 
 

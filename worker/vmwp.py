@@ -19,6 +19,7 @@ import time
 import setproctitle
 
 from hypervisor import hypercall_defs as hc
+from hypervisor.runtime import sandbox as sandbox_calls
 from hypervisor.runtime import signal_wakeup
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
@@ -33,34 +34,48 @@ HEARTBEAT_LOST_AFTER = 2.0  # 3 missed beats at the guest's 0.5 s interval, plus
 BOOT_DEADLINE = 30.0
 
 
-def fork_guest(name: str, vm_id: str) -> tuple[int, guest_link.GuestLink]:
-    """Fork the guest now (no zmq context, no threads, no credential in this process yet)."""
+def guest_sandbox(home: Home, name: str, sandbox: dict | None) -> dict:
+    """The guest's sandbox plan arguments (DESIGN §9): mode, its uid/gid, what to hide."""
+    sb = dict(sandbox or {})
+    return {"mode": sb.get("mode") or "None", "uid": sb.get("uid"), "gid": sb.get("gid"),
+            "hostname": name, "hide": [str(home.root)]}
+
+
+def fork_guest(name: str, vm_id: str, sandbox: dict) -> tuple[int, guest_link.GuestLink]:
+    """Fork the guest now (no zmq context, no threads, no credential in this process yet); in
+    Full isolation as pid 1 of its own PID namespace (it sandboxes itself: guest/runtime.py)."""
     ours, theirs = guest_link.pair()
     parent = os.getpid()
-    pid = os.fork()
+    pid = sandbox_calls.fork_in_new_pid_ns() if sandbox["mode"] == "Full" else os.fork()
     if pid == 0:
         ours.close()
-        guest_main(theirs, name, vm_id, parent)  # never returns
+        guest_main(theirs, name, vm_id, parent, sandbox)  # never returns
     theirs.close()
     return pid, guest_link.GuestLink(ours)
 
 
-def exec_guest(name: str, vm_id: str) -> tuple[int, guest_link.GuestLink]:
+def exec_guest(name: str, vm_id: str, sandbox: dict) -> tuple[int, guest_link.GuestLink]:
     """Start a guest by fork+exec (after a reset, when this process already has threads)."""
+    import json
     ours, theirs = guest_link.pair()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.guest", "--fd", str(theirs.fileno()), "--name", name,
-         "--id", vm_id, "--parent", str(os.getpid())],
-        pass_fds=[theirs.fileno()], env={"PYTHONPATH": os.pathsep.join(sys.path)},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with sandbox_calls.pid_ns_for_children(sandbox["mode"] == "Full"):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.guest", "--fd", str(theirs.fileno()), "--name", name,
+             "--id", vm_id, "--parent", str(os.getpid()), "--sandbox", json.dumps(sandbox)],
+            pass_fds=[theirs.fileno()], env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     theirs.close()
     proc.returncode = 0  # this worker reaps it itself with waitpid; keep Popen from doing so
     return proc.pid, guest_link.GuestLink(ours)
 
 
 class Worker:
-    def __init__(self, home: Home, vm_id: str, name: str, config: dict, log):
+    def __init__(self, home: Home, vm_id: str, name: str, config: dict, log,
+                 sandbox: dict | None = None, sandbox_slot: int | None = None):
         self.home, self.vm_id, self.name, self.config = home, vm_id, name, config
+        self.sandbox = sandbox or guest_sandbox(home, name, None)
+        self.sandbox_slot = sandbox_slot
+        self.child_hv = None               # the guest's hypercalls, relayed with its credential
         self.log = log.bind(vm_id=vm_id, vm_name=name)
         self.state = VmState.Starting
         self.guest_pid: int | None = None
@@ -87,7 +102,9 @@ class Worker:
                 "guest_pid": self.guest_pid, "partition_id": self.partition_id,
                 "running_since": self.running_since, "paused_total": self.paused_total,
                 "paused_since": self.paused_since, "heartbeat": self.heartbeat,
-                "exit_reason": self.exit_reason, "error": self.error}
+                "exit_reason": self.exit_reason, "error": self.error,
+                "sandbox_uid": self.sandbox.get("uid"), "sandbox_slot": self.sandbox_slot,
+                "isolation_mode": self.sandbox.get("mode")}
 
     def notify(self) -> None:
         if self.peer is not None:
@@ -134,13 +151,23 @@ class Worker:
         self.partition_id = made["partition_id"]
         self.hv.call(hc.ATTACH_GUEST, {"partition_id": self.partition_id, "guest_pid": guest_pid})
         processor = cfg.get("processor", {})
-        link.send({"t": "boot", "program": cfg.get("guest", "idle"),
-                   "vps": processor.get("count", 1), "memory_path": made["memory_path"],
-                   "memory_size": made["memory_size"], "memory_map_size": made["memory_map_size"],
-                   "dynamic_memory": bool(cfg.get("memory", {}).get("dynamic")),
-                   # the guest's own credential: it may speak only for its partition
-                   "credential": made["credential"],
-                   "hypercall_endpoint": self.home.hypercall_endpoint})
+        if self.child_hv is not None:
+            self.child_hv.close()
+        from hypervisor.runtime.rpc_client import RpcClient
+        # the guest's own credential stays here: the guest can reach no hvemu socket, so its
+        # hypercalls come over its link and go out with that credential (it speaks only for
+        # its own partition)
+        self.child_hv = RpcClient(self.home.hypercall_endpoint, auth=made["credential"],
+                                  ctx=self.zmq_ctx, timeout=2.0, name="the hypervisor")
+        # guest RAM reaches the guest as a descriptor, never a name
+        ram = os.open(made["memory_path"], os.O_RDWR | os.O_CLOEXEC)
+        try:
+            link.send({"t": "boot", "program": cfg.get("guest", "idle"),
+                       "vps": processor.get("count", 1),
+                       "memory_size": made["memory_size"], "memory_map_size": made["memory_map_size"],
+                       "dynamic_memory": bool(cfg.get("memory", {}).get("dynamic"))}, [ram])
+        finally:
+            os.close(ram)
         self.boot_deadline = time.monotonic() + BOOT_DEADLINE
         self.log.info("guest_booting", partition=self.partition_id, guest_pid=guest_pid)
 
@@ -203,9 +230,26 @@ class Worker:
                 continue  # VMBus: offers, opens, closes (heartbeats ride on their own channel)
             elif kind == "console":
                 self.console_write(msg.get("data", b""))
+            elif kind == "hypercall":
+                self.relay_hypercall(msg)
             elif kind in ("halt", "shutdown-ack"):
                 self.expected_guest_exit = True
                 self.exit_reason = msg.get("reason", "guest shut down")
+
+    def relay_hypercall(self, msg: dict) -> None:
+        """A child-partition hypercall from the guest, sent with the guest's own credential (the
+        hypervisor decides what it may do; a refusal goes back as it came)."""
+        op, args = msg.get("op"), msg.get("args")
+        reply = {"t": "hypercall-reply", "id": msg.get("id")}
+        if not isinstance(op, str) or not isinstance(args, dict) or self.child_hv is None:
+            reply["error"] = {"code": "BadRequest", "message": "bad hypercall"}
+        else:
+            try:
+                reply["result"] = self.child_hv.call(op, args)
+            except HvError as err:
+                reply["error"] = {"code": err.code, "message": err.message}
+        if self.link is not None:
+            self.link.send(reply)
 
     def on_heartbeat(self) -> None:
         """A beat on the Heartbeat integration service's channel."""
@@ -346,7 +390,7 @@ class Worker:
         self.free_partition()
         self.expected_guest_exit = False
         self.paused_total, self.paused_since = 0.0, None
-        pid, link = exec_guest(self.name, self.vm_id)
+        pid, link = exec_guest(self.name, self.vm_id, self.sandbox)
         self.boot(pid, link)
         self.waiters.append(req)
         return self.server_deferred
@@ -386,7 +430,7 @@ class Worker:
         from hypervisor.runtime.rpc_server import DEFERRED, RpcServer, bind_router
         self.zmq = zmq
         self.server_deferred = DEFERRED
-        ctx = zmq.Context()
+        ctx = self.zmq_ctx = zmq.Context()
         old = os.umask(0o077)
         try:
             router = bind_router(ctx, self.home.worker_endpoint(self.vm_id))
@@ -443,6 +487,8 @@ class Worker:
                 self._fail_waiters(HvError("Timeout", f"VM '{self.name}' did not boot in time"))
                 self.power_off("the guest did not boot in time")
         self.services.close()
+        if self.child_hv is not None:
+            self.child_hv.close()
         if self.peer is None:
             self.await_attach()  # a start that failed: vmms must still learn why
         # let the final status and replies reach vmms; destroy closes every socket (a socket
@@ -465,14 +511,16 @@ def worker_main(launch: dict) -> None:
     from hypervisor.runtime.logging_setup import configure
     vm_id, name = launch["vm_id"], launch["name"]
     setproctitle.setproctitle(f"vmwp {name} {vm_id}")
-    guest_pid, link = fork_guest(name, vm_id)
     home = Home.resolve(launch["home"])
+    sandbox = guest_sandbox(home, name, launch.get("sandbox"))
+    guest_pid, link = fork_guest(name, vm_id, sandbox)
     code = 0
     pidfile = PidFile(home.worker_pidfile(vm_id))
     try:
         pidfile.acquire()
         log = configure(home.logs_dir, "vmwp")
-        worker = Worker(home, vm_id, name, dict(launch["config"]), log)
+        worker = Worker(home, vm_id, name, dict(launch["config"]), log, sandbox,
+                        (launch.get("sandbox") or {}).get("slot"))
         worker.run(guest_pid, link)
         write_exit_status(home, vm_id, worker.status())
     except BaseException:

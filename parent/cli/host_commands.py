@@ -48,6 +48,8 @@ def host_up(g, host_memory, root_reserve, driver_model):
               f"driver model {result['DriverModel']}")
         if result["AutoStarted"]:
             print(f"started automatically (AutomaticStartAction): {', '.join(result['AutoStarted'])}")
+    for line in result.get("NotIsolated") or ():   # said once, when the host boots
+        click.echo(f"warning: isolation {result['IsolationMode']}: {line}", err=True)
 
 
 @host.command("down")

@@ -34,6 +34,8 @@ def get_vmhost(vmms, req):
             "MemoryAvailable": info.get("memory_available"),   # what a starting VM can get
             "MemoryFree": info.get("memory_free"),             # not assigned to any partition
             "CpuReserveAvailable": info.get("cpu_reserve_available"),
+            "IsolationMode": info.get("isolation_mode"), "Cgroup": info.get("cgroup"),
+            "SandboxUidBase": info.get("sandbox_uid_base"),
             "HypervisorProcessId": holder_pid(vmms.home.pidfile("hypervisor")),
             "VmmsProcessId": os.getpid(), "Home": str(vmms.home.root),
             "DriverModel": DRIVER_MODELS.get(info.get("driver_model"))}

@@ -18,7 +18,8 @@ The entry point's name is the driver's name. Each driver runs alone in its own `
 process; it gets channels (one per device of a running VM), never a guest's memory, never a
 hypervisor credential. A request's answer is the dict `request()` returns (sent as the
 completion with the request's transaction id), or `PENDING` when the driver will answer later
-with `channel.complete(txid, body)`. A driver with a binary protocol sets `raw_packets` and
+with `channel.complete(txid, body)`. A file a device's settings name (a disk's `path`) is opened by the parent and
+handed over as a descriptor: `channel.take_file(path)`. A driver with a binary protocol sets `raw_packets` and
 implements `packet()` instead; `buffer_size` gives each channel a shared data buffer (the role
 of a GPADL: bulk data a packet points into). Raising `DriverError` answers
 `{"error": {"code", "message"}}`; any other exception is a driver bug: it is logged and answered
@@ -56,6 +57,13 @@ class DriverChannel:
         self.instance_id, self.version, self.settings = instance_id, version, settings
         self.state: Any = None            # the driver's own per-channel state
         self.requests = 0
+        self.files: dict[str, int] = {}   # files of the device opened by the parent, by path
+
+    def take_file(self, path: str) -> int | None:
+        """The descriptor of a file the device's settings name, opened and handed over by the
+        parent (the driver owns it from now on), or None. A sandboxed driver host cannot open a
+        path itself: this is the only way to a disk."""
+        return self.files.pop(path, None)
 
     @property
     def buffer(self) -> memoryview | None:

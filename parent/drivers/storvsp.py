@@ -11,7 +11,9 @@ Key names: `StorvspDriver` (entry point `storvsp` in pyproject.toml), `OpenDisks
 this driver host holds: one open, locked image per file, shared by the channels that use it),
 `StorChannel` (per-channel state: the negotiated flag and the disk's properties).
 
-A channel's life: the guest opens it → the driver opens the image writable (the backend's
+A channel's life: the guest opens it → the driver opens the image writable (from the
+descriptor the worker opened and handed over with the open; a sandboxed driver host cannot open
+a path) (the backend's
 exclusive flock: the disk is held by this process while any channel serves it; another opener
 gets Busy and the open is refused) → NEGOTIATE, QUERY_PROPERTIES, then READ / WRITE / FLUSH,
 each answered by exactly one COMPLETION with the request's transaction id → the channel closes
@@ -75,10 +77,16 @@ class OpenDisks:
         self._open = opener
         self._disks: dict[str, list] = {}     # path -> [disk, channels]
 
-    def acquire(self, path: str) -> DiskBackend:
+    def acquire(self, path: str, fd: int | None = None) -> DiskBackend:
+        """The open image of `path` (opened from `fd`, the parent's descriptor, when given; a
+        descriptor not needed is closed)."""
         entry = self._disks.get(path)
+        if entry is not None and fd is not None:
+            os.close(fd)
         if entry is None:
-            entry = self._disks[path] = [self._open(path, writable=True), 0]
+            disk = self._open(path, writable=True) if fd is None else \
+                self._open(path, writable=True, fd=fd)
+            entry = self._disks[path] = [disk, 0]
         entry[1] += 1
         return entry[0]
 
@@ -122,7 +130,7 @@ class StorvspDriver(Driver):
         if not isinstance(path, str) or not os.path.isabs(path):
             raise DriverRefused("storvsp needs an absolute disk path in the device settings")
         try:
-            disk = self.disks.acquire(path)
+            disk = self.disks.acquire(path, channel.take_file(path))
         except HvError as err:
             raise DriverRefused(err.message) from None
         try:

@@ -71,9 +71,10 @@ class DiskFormat:
     summary: str
 
 
-def _vhdx_open(path: str, writable: bool = False, lock: bool = True) -> DiskBackend:
+def _vhdx_open(path: str, writable: bool = False, lock: bool = True,
+               fd: int | None = None) -> DiskBackend:
     from .vhdx import open_vhdx
-    return open_vhdx(path, writable, lock=lock)
+    return open_vhdx(path, writable, lock=lock, fd=fd)
 
 
 def _vhdx_create(path: str, size: int, **options) -> None:
@@ -99,12 +100,16 @@ def format_for_path(path: str | os.PathLike) -> DiskFormat:
                                 f"(supported: {known})")
 
 
-def open_disk(path: str | os.PathLike, writable: bool = False, lock: bool = True) -> DiskBackend:
+def open_disk(path: str | os.PathLike, writable: bool = False, lock: bool = True,
+              fd: int | None = None) -> DiskBackend:
     """Open an image with the backend its extension names. `lock=False` (read-only only) reads
-    the metadata of a disk another process holds, as Get-VHD does for an attached disk."""
+    the metadata of a disk another process holds, as Get-VHD does for an attached disk. `fd`:
+    an open descriptor of that file handed over by a parent (the backend owns it then)."""
     if writable and not lock:
         raise ValueError("a writable open always locks")
-    return format_for_path(path).open(os.fspath(path), writable, lock=lock)
+    if fd is None:
+        return format_for_path(path).open(os.fspath(path), writable, lock=lock)
+    return format_for_path(path).open(os.fspath(path), writable, lock=lock, fd=fd)
 
 
 def create_disk(path: str | os.PathLike, size: int, **options) -> None:

@@ -1,9 +1,12 @@
 """The guest's side of its RAM: the shared-memory object the hypervisor sized for it, mapped
-once at its maximum so hot-add needs no remapping, and the Dynamic Memory pressure report.
+once at its maximum so hot-add needs no remapping, and the Dynamic Memory pressure report. The
+object arrives as a descriptor with `boot`: the guest knows no name for it and could open none
+(DESIGN.md §9).
 
 The guest commits (touches) at most what it is assigned; a program that wants more waits for
 memory instead of crashing. Every `REPORT_INTERVAL` it reports its demand with a child-partition
-hypercall (its own credential: it can speak only for itself) and learns its new assignment:
+hypercall (over its link; the worker sends it with the partition's own credential, so it
+can speak only for itself) and learns its new assignment:
 pages above an assignment that shrank were punched by the hypervisor (balloon-down), so it
 forgets them; pages it no longer wants it gives back with MADV_REMOVE.
 
@@ -25,9 +28,7 @@ _CHUNK = b"\x5a" * MIB
 
 
 class GuestRam:
-    def __init__(self, path: str, size: int, map_size: int, credential: str | None,
-                 endpoint: str | None, dynamic: bool):
-        fd = os.open(path, os.O_RDWR)
+    def __init__(self, fd: int, size: int, map_size: int, hypercall, dynamic: bool):
         try:
             self.mm = mmap.mmap(fd, max(size, map_size), mmap.MAP_SHARED)
         finally:
@@ -36,8 +37,7 @@ class GuestRam:
         self.touched = 0
         self.target = 0
         self.dynamic = dynamic
-        self.credential, self.endpoint = credential, endpoint
-        self._client = None
+        self._hypercall = hypercall        # (op, args) -> None; the answer comes to on_report_reply
         self._next_report = 0.0
 
     @property
@@ -71,18 +71,16 @@ class GuestRam:
             self.touched = want
 
     def _report(self) -> None:
-        if not self.endpoint or not self.credential:
-            return
-        from hypervisor.runtime.errors import HvError
-        from hypervisor.runtime.rpc_client import RpcClient
-        if self._client is None:
-            self._client = RpcClient(self.endpoint, auth=self.credential, timeout=1.0,
-                                     name="the hypervisor")
+        if self._hypercall is not None:
+            self._hypercall(hc.REPORT_MEMORY_DEMAND, {"demand": self.target})
+
+    def on_report_reply(self, reply: dict) -> None:
+        """The hypervisor's answer to a report (a refused one never arrives here: the next
+        report retries; the guest keeps what it has meanwhile)."""
         try:
-            reply = self._client.call(hc.REPORT_MEMORY_DEMAND, {"demand": self.target})
-        except HvError:
-            return  # the next report retries; the guest keeps what it has meanwhile
-        assigned = int(reply.get("assigned", self.assigned))
+            assigned = int(reply.get("assigned", self.assigned))
+        except (TypeError, ValueError):
+            return
         if assigned < self.touched:
             # Ballooned: give back what lies above the new assignment. The hypervisor's punch
             # may have come before this guest touched those pages, so release them here too.

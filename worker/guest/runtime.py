@@ -2,8 +2,14 @@
 
 It starts from a clean slate: a fork taken before its worker read any credential or made any
 ZeroMQ context (or an exec of `python -m worker.guest` after a reset), an empty environment,
-no file descriptors but its link to the worker. It waits for `boot`, maps its guest RAM, runs
-its program and its integration services (heartbeat, shutdown, console) until told to stop.
+no file descriptors but its link to the worker. It then enters its sandbox (DESIGN.md §9,
+hypervisor/runtime/sandbox.py: its own uid, user/PID/mount/IPC/UTS/network namespaces — or
+exits, never running unconfined), waits for `boot`, maps its guest RAM (a descriptor that came
+with `boot`), runs its program and its integration services (heartbeat, shutdown, console) until
+told to stop. As pid 1 of its PID namespace it reaps every orphan of the partition; its own
+hypercalls (memory demand) go over the link, and the worker sends them with this partition's
+credential. Networking hook: the runtime is root of the partition's user and network
+namespaces, so a network adapter's TAP can be created from here.
 """
 from __future__ import annotations
 
@@ -36,7 +42,14 @@ def set_pdeathsig(sig: int) -> None:
 def isolate(link_fd: int, expected_parent: int) -> None:
     """Die with the worker, forget the worker's environment and every descriptor but the link."""
     set_pdeathsig(signal.SIGKILL)
-    if os.getppid() != expected_parent:
+    ppid = os.getppid()
+    if ppid == 0:  # our parent is outside our PID namespace: its link end tells if it lives
+        import select
+        poll = select.poll()
+        poll.register(link_fd, select.POLLHUP)
+        if poll.poll(0):
+            os._exit(1)  # the worker died before prctl took effect
+    elif ppid != expected_parent:
         os._exit(1)  # the worker died before prctl took effect
     os.environ.clear()
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -64,6 +77,8 @@ class Guest:
         self.services = GuestServices(self, self._watch, self._unwatch)
         self.console_in: CommandInput | None = None
         self.halt_reason: str | None = None
+        self.init = os.getpid() == 1       # pid 1 of the partition: every orphan is ours to reap
+        self.hypercall_seq = 0
 
     def _watch(self, fd: int, callback) -> None:
         self.sel.register(fd, selectors.EVENT_READ, callback)
@@ -89,12 +104,20 @@ class Guest:
                     return msg
         os._exit(2)  # never booted: nothing to clean up
 
+    def hypercall(self, op: str, args: dict) -> None:
+        """A child-partition hypercall (its answer arrives later as `hypercall-reply`)."""
+        self.hypercall_seq += 1
+        self.link.send({"t": "hypercall", "id": self.hypercall_seq, "op": op, "args": args})
+
     def boot(self, msg: dict) -> None:
-        path, size = msg.get("memory_path"), int(msg.get("memory_size") or 0)
-        if path and size:
-            self.memory = GuestRam(path, size, int(msg.get("memory_map_size") or size),
-                                   msg.get("credential"), msg.get("hypercall_endpoint"),
-                                   bool(msg.get("dynamic_memory")))
+        fds, size = list(msg.get("fds") or ()), int(msg.get("memory_size") or 0)
+        for extra in fds[1:]:
+            os.close(extra)
+        if fds and size:
+            self.memory = GuestRam(fds[0], size, int(msg.get("memory_map_size") or size),
+                                   self.hypercall, bool(msg.get("dynamic_memory")))
+        elif fds:
+            os.close(fds[0])
         self.start_program(msg["program"], int(msg.get("vps", 1)))
         if self.program.command is not None:
             self.console_in = CommandInput(self.program.command.stdin)  # COM1 is its stdin/stdout
@@ -150,6 +173,8 @@ class Guest:
             if self.link.closed:
                 self.program.stop()
                 return 3  # the worker is gone; PDEATHSIG normally got here first
+            if self.init:
+                self.reap_orphans()
             code = self.program.exited()
             if code is not None:
                 self.program.stop()
@@ -158,6 +183,22 @@ class Guest:
         self.program.stop()   # the Shutdown service asked us to go
         self.link.send({"t": "halt", "reason": self.halt_reason or "guest shut down"})
         return 0
+
+    def reap_orphans(self) -> None:
+        """As pid 1 of the partition: reap every exited process; the program's own children
+        keep their exit status (Popen's returncode, the burners' list)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            cmd = self.program.command
+            if cmd is not None and pid == cmd.pid and cmd.returncode is None:
+                cmd.returncode = os.waitstatus_to_exitcode(status)
+            elif pid in self.program.pids:
+                self.program.pids.remove(pid)
 
     def on_shutdown_request(self, reason: str) -> bool:
         """The Shutdown integration service: accept (and leave the loop), or ignore."""
@@ -181,6 +222,9 @@ class Guest:
                 self.memory.set_target(spec.size)
         elif kind == "vmbus":
             self.services.on_link_message(msg)
+        elif kind == "hypercall-reply":
+            if self.memory is not None and isinstance(msg.get("result"), dict):
+                self.memory.on_report_reply(msg["result"])
         elif kind == "console-in":
             data = msg.get("data")
             if isinstance(data, bytes):
@@ -193,11 +237,26 @@ class Guest:
                 os.close(fd)  # descriptors nobody asked for
 
 
-def guest_main(link_sock, name: str, vm_id: str, expected_parent: int) -> None:
+def enter_sandbox(sandbox: dict | None) -> None:
+    """The partition's sandbox (hypervisor/runtime/sandbox.py); exit rather than run without."""
+    from hypervisor.runtime import sandbox as sb
+    sandbox = sandbox or {"mode": "None"}
+    try:
+        plan = sb.partition_plan(sandbox.get("mode") or "None", sandbox.get("uid"),
+                                 sandbox.get("gid"), sandbox.get("hostname") or "guest",
+                                 hide=sandbox.get("hide") or ())
+        sb.apply(plan)
+    except (OSError, ValueError):
+        os._exit(4)
+
+
+def guest_main(link_sock, name: str, vm_id: str, expected_parent: int,
+               sandbox: dict | None = None) -> None:
     """Entry of the vmmem process; never returns."""
     # the title first: setproctitle needs the environment that isolate() clears
     setproctitle.setproctitle(f"vmmem {name} {vm_id}")
     isolate(link_sock.fileno(), expected_parent)
+    enter_sandbox(sandbox)
     code = 1
     try:
         guest = Guest(GuestLink(link_sock, accept_fds=True), name, vm_id)

@@ -60,13 +60,17 @@ class DriverConnection:
         res = ChannelResources(ring_size, f"vmbus-direct-{cid}", buffer_size)
         try:
             guest = ChannelEndpoint([os.dup(fd) for fd in res.fds()], ring_size, "guest", buffer_size)
+            files, file_fds = dp.open_device_files(settings or {})
             sent = send_message(self.sock, {
                 "t": dp.OPEN, "channel_id": cid, "vm_id": self.vm_id, "vm_name": self.vm_id,
                 "instance_id": f"direct-{cid}", "version": version or max(self.hello["versions"]),
-                "ring_size": ring_size, "buffer_size": buffer_size, "settings": settings or {}},
-                res.fds())
+                "ring_size": ring_size, "buffer_size": buffer_size, "settings": settings or {},
+                "files": files},
+                res.fds() + file_fds)
         finally:
             res.close()
+            for fd in locals().get("file_fds", ()):
+                os.close(fd)
         if not sent:
             guest.close()
             raise HvError("Unavailable", "the driver host did not take the channel")

@@ -37,3 +37,19 @@ def check_driver_name(name) -> str:
         raise HvError("BadRequest", f"driver name {name!r} must be 1-32 of a-z, 0-9, '-', '_' "
                                     "starting with a letter")
     return name
+
+
+def open_device_files(settings: dict) -> tuple[list[str], list[int]]:
+    """The files a device's settings name (`path`: a storvsp disk), opened here — by the worker,
+    the parent — and handed to the driver host with the open as descriptors after the channel's
+    three (DESIGN.md §9: a sandboxed driver host can open no path itself). A file that cannot
+    be opened is left out: the driver then refuses the channel and says why."""
+    import os
+    path = settings.get("path") if isinstance(settings, dict) else None
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return [], []
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return [], []
+    return [path], [fd]

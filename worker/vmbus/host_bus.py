@@ -260,11 +260,17 @@ class HostBus:
             res.close()
             self._run(ch.refuse("the driver is not available"))
             return
-        sent = send_message(link.sock, {"t": dp.OPEN, "channel_id": cid, "vm_id": self.vm_id,
-                                        "vm_name": self.vm_name, "instance_id": instance,
-                                        "version": version, "ring_size": ch.offer.ring_size,
-                                        "buffer_size": res.buffer_size, "settings": dev.settings},
-                            res.fds())
+        files, file_fds = dp.open_device_files(dev.settings)   # the disk, as a descriptor
+        try:
+            sent = send_message(link.sock, {"t": dp.OPEN, "channel_id": cid, "vm_id": self.vm_id,
+                                            "vm_name": self.vm_name, "instance_id": instance,
+                                            "version": version, "ring_size": ch.offer.ring_size,
+                                            "buffer_size": res.buffer_size, "settings": dev.settings,
+                                            "files": files},
+                                res.fds() + file_fds)
+        finally:
+            for fd in file_fds:
+                os.close(fd)
         if not sent:
             res.close()
             self._run(ch.refuse("the driver host did not take the channel"))

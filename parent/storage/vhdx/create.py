@@ -99,7 +99,8 @@ def create_vhdx(path: str | os.PathLike, size: int, *, fixed: bool = False,
     data_offset = layout["data_offset"]
     file_size = data_offset + (params.payload_blocks * block_size if fixed else 0)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # 0600: a disk holds a guest's data, for its owner only (DESIGN.md §9)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
         raise HvError("AlreadyExists", f"{path}: file already exists") from None
     except OSError as exc:

@@ -423,15 +423,18 @@ class VhdxDisk:
                 f"block_size={self.block_size}, writable={self.writable})")
 
 
-def open_vhdx(path: str | os.PathLike, writable: bool = False, lock: bool = True) -> VhdxDisk:
+def open_vhdx(path: str | os.PathLike, writable: bool = False, lock: bool = True,
+              fd: int | None = None) -> VhdxDisk:
     """Open and validate a VHDX file. Corrupt or hostile files raise HvError("BadRequest").
     `lock=False` (read-only) skips the shared lock: for reading the metadata of a disk a
-    running VM holds; a log the writer has not replayed yet is replayed in memory only."""
+    running VM holds; a log the writer has not replayed yet is replayed in memory only.
+    `fd`: the file already open (handed over by a parent; this disk owns it from now on)."""
     path = os.path.abspath(os.fspath(path))
-    try:
-        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-    except OSError as exc:
-        raise os_error(path, exc) from exc
+    if fd is None:
+        try:
+            fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        except OSError as exc:
+            raise os_error(path, exc) from exc
     disk = VhdxDisk(path, fd, writable)
     try:
         try:

@@ -1,0 +1,371 @@
+"""Sandboxes for partitions (`vmmem`) and driver hosts (`drvhost`): the kernel calls, in one place.
+
+Python 3.11 has no `os.unshare`/`os.setns` (3.12 does), so `unshare(2)`, `setns(2)`, `prctl(2)`,
+`mount(2)` and `sethostname(2)` are called through libc with ctypes. Two parts:
+
+- the **plan** (`partition_plan`, `driver_plan` → `SandboxPlan`): pure — which uid/gid, which
+  namespaces in which order, which mounts — unit-tested without root (tests/unit/test_sandbox.py);
+- the **shell** (`apply`, `fork_in_new_pid_ns`, `no_new_privs`, `set_not_dumpable`, …): runs a
+  plan in the freshly forked, single-threaded child.
+
+Order of a partition in `Full` mode (the child is already pid 1 of a new PID namespace, forked by
+its worker with `fork_in_new_pid_ns`, and still the host's root):
+
+1. a private mount namespace: `/` made rprivate, a new `/proc` (only the partition's processes),
+   private tmpfs `/tmp` and `/dev/shm` (size-bounded), an empty tmpfs over each hidden path (the
+   home);
+2. drop to the VM's uid/gid (no supplementary groups), `no_new_privs`;
+3. a user namespace (uid 0 inside = the VM's uid outside, one id mapped) together with fresh
+   mount, UTS, IPC and network namespaces owned by it: the guest is root of those only, so it may
+   configure its own interfaces (a TAP of its network adapter) and mounts; the mounts of step 1
+   are locked under it;
+4. hostname = VM name, `lo` up (the only interface).
+
+`UserNamespace` mode (no root): step 3 and 4 only (mapped to the caller's own uid) plus the tmpfs
+mounts. `None`: nothing but `no_new_privs`. Cost: ~1–3 ms per sandbox, mostly the network
+namespace (scripts/bench/lifecycle measures it).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND = 32, 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+MODES = ("Full", "UserNamespace", "None")
+TMP_SIZE = 64 << 20          # each partition's private /tmp and /dev/shm (a bound, not a cost)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount of a plan: `kind` proc | sysfs | tmpfs | expose (see `exposures`) | hide (an empty read-only tmpfs over a path)."""
+    kind: str
+    target: str
+    options: str = ""
+
+
+@dataclass(frozen=True)
+class SandboxPlan:
+    mode: str
+    uid: int | None = None             # outside uid to drop to (Full) — None: keep ours
+    gid: int | None = None
+    host_flags: int = 0                # unshared as the host's root, before dropping privileges
+    host_mounts: tuple[Mount, ...] = ()
+    user_flags: int = 0                # unshared together with (and owned by) the user namespace
+    user_mounts: tuple[Mount, ...] = ()
+    hostname: str | None = None
+    loopback_up: bool = False
+    dumpable: bool = False             # a guest may stay dumpable: it is its own uid
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def maps(self) -> tuple[str, str] | None:
+        """uid_map and gid_map lines written for the user namespace (None: no user namespace)."""
+        if not self.user_flags & CLONE_NEWUSER:
+            return None
+        uid = self.uid if self.uid is not None else os.getuid()
+        gid = self.gid if self.gid is not None else os.getgid()
+        return f"0 {uid} 1\n", f"0 {gid} 1\n"
+
+
+def _searchable(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o001)
+    except OSError:
+        return False
+
+
+def exposures(needed, searchable=_searchable) -> tuple[Mount, ...]:
+    """Paths an unprivileged uid must still read (the interpreter and the code on sys.path)
+    that lie under a folder closed to others (e.g. a Python installed under /root, 0700): for
+    each closed folder an `expose` mount — an open tmpfs over it holding read-only binds of
+    exactly the needed paths. Pure given `searchable`."""
+    groups: dict[str, list[str]] = {}
+    for p in sorted({os.path.abspath(n) for n in needed if n}):
+        parts = p.split("/")
+        for i in range(2, len(parts) + 1):
+            ancestor = "/".join(parts[:i])
+            if ancestor and not searchable(ancestor):
+                groups.setdefault(ancestor, []).append(p)
+                break
+    out = []
+    for ancestor, paths in sorted(groups.items()):
+        keep = [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
+        out.append(Mount("expose", ancestor, ":".join(keep)))
+    return tuple(out)
+
+
+def python_paths() -> list[str]:
+    """What this interpreter reads after the sandbox: its installation and sys.path."""
+    import sys
+    return [p for p in {sys.base_prefix, sys.prefix, sys.exec_prefix, *sys.path}
+            if p and os.path.isdir(p)]
+
+
+def _hidden(hide) -> tuple[Mount, ...]:
+    out = []
+    for path in hide:
+        p = os.path.abspath(os.fspath(path))
+        if p.startswith("/tmp/") or p == "/tmp":
+            continue  # the private /tmp hides it already
+        out.append(Mount("hide", p))
+    return tuple(out)
+
+
+def partition_plan(mode: str, uid: int | None, gid: int | None, hostname: str,
+                   hide=(), tmp_size: int = TMP_SIZE) -> SandboxPlan:
+    """A child partition's sandbox (the worker forks the guest with `fork_in_new_pid_ns` first
+    in `Full` mode, so the guest is pid 1 of its own PID namespace)."""
+    if mode not in MODES:
+        raise ValueError(f"isolation mode {mode!r} is not one of {MODES}")
+    tmpfs = (Mount("tmpfs", "/tmp", f"size={tmp_size},mode=1777"),
+             Mount("tmpfs", "/dev/shm", f"size={tmp_size},mode=1777"))
+    if mode == "None":
+        return SandboxPlan("None", dumpable=True,
+                           notes=("no namespaces: the guest shares the host's uid, /proc, /tmp, "
+                                  "network and signals",))
+    userns = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
+    if mode == "UserNamespace":
+        return SandboxPlan("UserNamespace", user_flags=userns,
+                           user_mounts=tmpfs + _hidden(hide) + (Mount("sysfs", "/sys"),),
+                           hostname=hostname,
+                           loopback_up=True, dumpable=True,
+                           notes=("no PID namespace and no uid of its own: the guest sees host "
+                                  "processes and shares the daemons' uid (signals)",))
+    if uid is None or gid is None or uid <= 0 or gid <= 0:
+        raise ValueError("Full isolation needs the VM's own (non-root) uid and gid")
+    return SandboxPlan("Full", uid=uid, gid=gid, host_flags=CLONE_NEWNS,
+                       host_mounts=(Mount("proc", "/proc"),) + tmpfs
+                       + exposures(python_paths()) + _hidden(hide),
+                       user_flags=userns, user_mounts=(Mount("sysfs", "/sys"),), hostname=hostname,
+                       loopback_up=True, dumpable=True)
+
+
+def driver_plan(mode: str, uid: int | None, gid: int | None, hide=()) -> SandboxPlan:
+    """A driver host's sandbox: own uid, mount/PID/IPC namespaces (PID: the fork-server forks it
+    with `fork_in_new_pid_ns`), nothing of the home in its file system view."""
+    if mode not in MODES:
+        raise ValueError(f"isolation mode {mode!r} is not one of {MODES}")
+    if mode != "Full":
+        return SandboxPlan(mode, notes=("the driver host runs as the daemons' uid",))
+    if uid is None or gid is None or uid <= 0 or gid <= 0:
+        raise ValueError("Full isolation needs the driver's own (non-root) uid and gid")
+    return SandboxPlan("Full", uid=uid, gid=gid, host_flags=CLONE_NEWNS | CLONE_NEWIPC,
+                       host_mounts=(Mount("proc", "/proc"),
+                                    Mount("tmpfs", "/tmp", f"size={16 << 20},mode=1777"),
+                                    Mount("tmpfs", "/dev/shm", f"size={16 << 20},mode=1777"))
+                       + exposures(python_paths()) + _hidden(hide))
+
+
+# --- kernel calls --------------------------------------------------------------------------------
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def prctl(option: int, arg: int = 0) -> int:
+    ret = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
+                      ctypes.c_ulong(0), ctypes.c_ulong(0))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+    return ret
+
+
+def no_new_privs() -> None:
+    """No exec can ever gain privileges again (setuid bits, file capabilities)."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_not_dumpable() -> None:
+    """No core dump, no /proc/<pid>/mem or ptrace from any other uid (and /proc/<pid>/* root's)."""
+    prctl(PR_SET_DUMPABLE, 0)
+
+
+def set_pdeathsig(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(_libc.mount(source.encode() if source else None, target.encode(),
+                       fstype.encode() if fstype else None, ctypes.c_ulong(flags),
+                       data.encode() if data else None), f"mount {fstype or ''} on {target}")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()[:64]
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+
+def loopback_up() -> None:
+    """`ip link set lo up` (SIOCGIFFLAGS / SIOCSIFFLAGS on an AF_INET socket)."""
+    import fcntl
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+@contextlib.contextmanager
+def pid_ns_for_children(enabled: bool = True):
+    """Within the block, the calling thread's next child is pid 1 of a new PID namespace; after
+    it, this thread forks into its own namespace again (unshare(CLONE_NEWPID) changes only the
+    caller's children, and setns joins the own namespace back). Needs CAP_SYS_ADMIN (root). Only
+    the calling thread is affected, so it is harmless to a process with threads — which still
+    may fork only as DESIGN §8 allows."""
+    if not enabled:
+        yield
+        return
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        unshare(CLONE_NEWPID)
+        try:
+            yield
+        finally:
+            setns(own, CLONE_NEWPID)
+    finally:
+        os.close(own)
+
+
+def fork_in_new_pid_ns() -> int:
+    """os.fork() whose child is pid 1 of a new PID namespace (0 in the child, its pid here)."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        unshare(CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        except BaseException:
+            setns(own, CLONE_NEWPID)
+            raise
+        if pid != 0:
+            setns(own, CLONE_NEWPID)
+        return pid
+    finally:
+        os.close(own)
+
+
+def _mount_one(m: Mount) -> None:
+    if m.kind == "proc":
+        mount("proc", m.target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    elif m.kind == "sysfs":
+        mount("sysfs", m.target, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    elif m.kind == "tmpfs":
+        mount("tmpfs", m.target, "tmpfs", MS_NOSUID | MS_NODEV, m.options)
+    elif m.kind == "expose":
+        keep = [p for p in m.options.split(":") if p]
+        fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in keep]
+        try:
+            mount("tmpfs", m.target, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+            for p, fd in zip(keep, fds):
+                os.makedirs(p, mode=0o755, exist_ok=True)
+                mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
+                mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+        finally:
+            for fd in fds:
+                os.close(fd)
+    elif m.kind == "hide":
+        if os.path.isdir(m.target):
+            mount("tmpfs", m.target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0")
+    else:
+        raise ValueError(f"unknown mount kind {m.kind!r}")
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def apply(plan: SandboxPlan) -> None:
+    """Enter `plan` in this (single-threaded, freshly forked) process. Raises OSError on the
+    first step the kernel refuses: the caller must then exit, never run unconfined."""
+    if plan.host_flags:
+        unshare(plan.host_flags)
+        if plan.host_flags & CLONE_NEWNS:
+            mount(None, "/", None, MS_REC | MS_PRIVATE)
+        for m in plan.host_mounts:
+            _mount_one(m)
+    if plan.uid is not None:
+        os.setgroups([])
+        os.setresgid(plan.gid, plan.gid, plan.gid)
+        os.setresuid(plan.uid, plan.uid, plan.uid)
+    no_new_privs()
+    if plan.user_flags:
+        maps = plan.maps
+        if plan.user_flags & CLONE_NEWUSER:
+            prctl(PR_SET_DUMPABLE, 1)   # /proc/self/*_map must be ours to write
+        unshare(plan.user_flags)
+        if maps is not None:
+            try:
+                _write("/proc/self/setgroups", "deny")
+            except FileNotFoundError:
+                pass
+            _write("/proc/self/uid_map", maps[0])
+            _write("/proc/self/gid_map", maps[1])
+        if plan.user_flags & CLONE_NEWNS:
+            mount(None, "/", None, MS_REC | MS_PRIVATE)
+            for m in plan.user_mounts:
+                _mount_one(m)
+    if plan.hostname and plan.user_flags & CLONE_NEWUTS:
+        sethostname(plan.hostname)
+    if plan.loopback_up and plan.user_flags & CLONE_NEWNET:
+        loopback_up()
+    if not plan.dumpable:
+        set_not_dumpable()
+
+
+def probe_user_namespaces() -> bool:
+    """Can this (unprivileged) user make a user namespace? Tried in a throw-away child."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            unshare(CLONE_NEWUSER)
+            os._exit(0)
+        except OSError:
+            os._exit(1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def kernel_refused(exc: OSError) -> bool:
+    return exc.errno in (errno.EPERM, errno.EINVAL, errno.ENOSPC, errno.EACCES)
