@@ -43,6 +43,25 @@ BALANCE_INTERVAL = 0.1
 MIN_TICK = 0.004  # s; a budget may overrun by up to this × Count (repaid as debt)
 
 
+def _wait_stopped(pids: list[int], timeout: float) -> None:
+    """Until every pid is stopped (state T) or gone, at most `timeout` s."""
+    deadline = time.monotonic() + timeout
+    pending = list(pids)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for pid in pending:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    data = f.read()
+                if data[data.rindex(b")") + 2:].split()[0] not in (b"T", b"t", b"Z", b"X"):
+                    still.append(pid)
+            except OSError:
+                pass
+        pending = still
+        if pending:
+            time.sleep(0.001)
+
+
 def default_host_memory() -> int:
     """Half the machine's RAM, in whole 2 MiB granules."""
     return psutil.virtual_memory().total // 2 // GRANULE * GRANULE
@@ -177,14 +196,18 @@ class Hypervisor:
             raise HvError("InvalidState", f"partition {part.id} has no guest yet")
         part.suspended = suspended
         self.cpu.set_paused(part.id, suspended)
-        if self.cgroups.version is not None:
-            # the freezer stops (or thaws) every process of the partition at once
-            self.cgroups.freeze(part.id, suspended)
         if suspended:
             # stop synchronously (fresh /proc scan) so the reply means "really stopped"
             process_tree.signal_pids(self._probes[part.id].members, signal.SIGSTOP)
             new = self._probes[part.id].rescan()  # a member forked meanwhile: stop it too
             process_tree.signal_pids(new, signal.SIGSTOP)
+        if self.cgroups.version is not None:
+            # and the freezer: every process of the partition, even one forked between the
+            # scan and the signal, stays stopped until resume thaws it (after the signals took
+            # effect, bounded: a frozen task would hold its SIGSTOP pending)
+            if suspended:
+                _wait_stopped(self._probes[part.id].members, 0.2)
+            self.cgroups.freeze(part.id, suspended)
         self._tick(time.monotonic(), rescan=False)
         return {"suspended": suspended}
 
