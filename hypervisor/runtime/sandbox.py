@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -234,7 +235,6 @@ def sethostname(name: str) -> None:
 
 def loopback_up() -> None:
     """`ip link set lo up` (SIOCGIFFLAGS / SIOCSIFFLAGS on an AF_INET socket)."""
-    import fcntl
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         req = struct.pack("16sH14x", b"lo", 0)
@@ -290,6 +290,7 @@ def _mount_one(m: Mount) -> None:
     elif m.kind == "expose":
         keep = [p for p in m.options.split(":") if p]
         fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in keep]
+        old = os.umask(0o022)   # the skeleton folders must be open to the sandbox's uid
         try:
             mount("tmpfs", m.target, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
             for p, fd in zip(keep, fds):
@@ -297,6 +298,7 @@ def _mount_one(m: Mount) -> None:
                 mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
                 mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
         finally:
+            os.umask(old)
             for fd in fds:
                 os.close(fd)
     elif m.kind == "hide":
