@@ -32,6 +32,7 @@ from worker.worker_defs import NOTIFY_STATUS, STOP_TIMEOUT_DEFAULT
 
 HEARTBEAT_LOST_AFTER = 2.0  # 3 missed beats at the guest's 0.5 s interval, plus slack
 BOOT_DEADLINE = 30.0
+RELAY_PER_SECOND = 50     # child-partition hypercalls a guest may send per second (it reports every 0.5 s)
 
 
 def guest_sandbox(home: Home, name: str, sandbox: dict | None) -> dict:
@@ -76,6 +77,7 @@ class Worker:
         self.sandbox = sandbox or guest_sandbox(home, name, None)
         self.sandbox_slot = sandbox_slot
         self.child_hv = None               # the guest's hypercalls, relayed with its credential
+        self.relay_window = [0.0, 0]       # [window start, hypercalls relayed in it]
         self.log = log.bind(vm_id=vm_id, vm_name=name)
         self.state = VmState.Starting
         self.guest_pid: int | None = None
@@ -241,7 +243,13 @@ class Worker:
         hypervisor decides what it may do; a refusal goes back as it came)."""
         op, args = msg.get("op"), msg.get("args")
         reply = {"t": "hypercall-reply", "id": msg.get("id")}
-        if not isinstance(op, str) or not isinstance(args, dict) or self.child_hv is None:
+        now = time.monotonic()
+        if now - self.relay_window[0] >= 1.0:
+            self.relay_window = [now, 0]
+        self.relay_window[1] += 1
+        if self.relay_window[1] > RELAY_PER_SECOND:   # a guest flooding its link slows only itself
+            reply["error"] = {"code": "Busy", "message": "too many hypercalls"}
+        elif not isinstance(op, str) or not isinstance(args, dict) or self.child_hv is None:
             reply["error"] = {"code": "BadRequest", "message": "bad hypercall"}
         else:
             try:
