@@ -448,6 +448,9 @@ def main(argv=None) -> None:
     sys.modules.setdefault("parent.drvhost", sys.modules[__name__])  # one module under -m too
     name = dp.check_driver_name(args.driver)
     setproctitle.setproctitle(f"drvhost {name}")
+    # pid 1 of its PID namespace ignores a signal it has no handler for: until serve() installs
+    # its own, SIGTERM (a restart, PDEATHSIG) ends it at once
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != args.parent:
