@@ -176,8 +176,13 @@ class PartitionCgroups:
             if not busy:
                 self.pending.discard(pid)
 
-    def close(self) -> None:
+    def close(self, wait: float = 1.0) -> None:
+        """Remove every group (bounded wait for the last processes to finish exiting)."""
+        deadline = time.monotonic() + wait
         self.sweep()
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self.sweep()
         if self.layout is None:
             return
         for d in self.layout.home_dirs():
