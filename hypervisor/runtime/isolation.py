@@ -86,7 +86,21 @@ def _uids_in_passwd() -> set[int]:
     return out
 
 
-def choose() -> HostIsolation:
+def _userns_sysctls_allow() -> bool:
+    """What the sysctls say about unprivileged user namespaces (no fork needed)."""
+    for path, bad in (("/proc/sys/user/max_user_namespaces", "0"),
+                      ("/proc/sys/kernel/unprivileged_userns_clone", "0")):
+        try:
+            if Path(path).read_text().strip() == bad:
+                return False
+        except OSError:
+            pass
+    return True
+
+
+def choose(probe: bool = True) -> HostIsolation:
+    """Detect the host's isolation. `probe`: try a user namespace in a throw-away child (only
+    where forking is allowed: `host up`); else trust the sysctls."""
     if os.geteuid() == 0:
         used = _uids_in_passwd()
         while True:
@@ -94,8 +108,12 @@ def choose() -> HostIsolation:
             if not any(base <= u < base + UID_SPAN for u in used):
                 break
         return HostIsolation("Full", base, detect_cgroup())
-    from hypervisor.runtime.sandbox import probe_user_namespaces
-    mode = "UserNamespace" if probe_user_namespaces() else "None"
+    if probe:
+        from hypervisor.runtime.sandbox import probe_user_namespaces
+        allowed = probe_user_namespaces()
+    else:
+        allowed = _userns_sysctls_allow()
+    mode = "UserNamespace" if allowed else "None"
     return HostIsolation(mode, 0, detect_cgroup())
 
 
@@ -113,13 +131,13 @@ def save(run_dir: Path, iso: HostIsolation) -> None:
 
 
 def load(run_dir: Path) -> HostIsolation:
-    """The host's settings; a host started without `host up` (none saved) gets them chosen and
-    saved now."""
+    """The host's settings; a host started without `host up` (none saved) gets them chosen
+    (without forking: daemons may hold threads) and saved now."""
     try:
         data = json.loads(_path(run_dir).read_text())
         return HostIsolation(str(data["mode"]), int(data["uid_base"]), data.get("cgroup"))
     except (OSError, ValueError, KeyError, TypeError):
-        iso = choose()
+        iso = choose(probe=False)
         try:
             save(run_dir, iso)
         except OSError:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
 import fcntl
 import os
 import socket
@@ -358,16 +357,12 @@ def probe_user_namespaces() -> bool:
     """Can this (unprivileged) user make a user namespace? Tried in a throw-away child."""
     pid = os.fork()
     if pid == 0:
+        code = 1
         try:
             unshare(CLONE_NEWUSER)
-            os._exit(0)
-        except OSError:
-            os._exit(1)
+            code = 0
         finally:
-            os._exit(2)
+            os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
-
-def kernel_refused(exc: OSError) -> bool:
-    return exc.errno in (errno.EPERM, errno.EINVAL, errno.ENOSPC, errno.EACCES)
