@@ -32,7 +32,8 @@ from hypervisor.runtime.logging_setup import configure
 from hypervisor.monolithic_drivers import MonolithicDrivers
 from hypervisor.memory_ledger import GRANULE, MemoryLedger, MemorySettings
 from hypervisor.partition_cgroup import PartitionCgroups
-from hypervisor.partition_table import Partition, PartitionTable, close_fds
+from hypervisor.partition_table import Partition, PartitionTable
+from hypervisor.runtime.packet_socket import close_fds
 from hypervisor.partition_probe import PartitionProbe
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile

@@ -6,7 +6,6 @@ watched pidfd are all O(1) because the daemon does them on every message and eve
 """
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -77,11 +76,3 @@ class PartitionTable:
             self.by_fd.pop(fd, None)
         fds, part.fds = list(part.fds), {}
         return fds
-
-
-def close_fds(fds) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

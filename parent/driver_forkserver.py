@@ -8,7 +8,8 @@ the driver's import instead of a whole interpreter start (DESIGN.md §7).
 
 It is started by fork+exec with an environment of PYTHONPATH only and holds no ZeroMQ context,
 no threads and no credential, so forking it is safe and its children inherit nothing that is
-not theirs. It talks to vmms over a SOCK_SEQPACKET socketpair (msgpack maps):
+not theirs. It talks to vmms over a SOCK_SEQPACKET socketpair, one msgpack map per packet
+(hypervisor/runtime/packet_socket.py, the framing the worker fork-server speaks too):
 
     vmms -> here   start {driver, home}  + the new host's status socket (one descriptor)
     here -> vmms   started {driver, pid} | error {driver, message}
@@ -24,6 +25,10 @@ import selectors
 import signal
 import socket
 import sys
+
+from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.packet_socket import close_fds, receive_messages, send_message
+from hypervisor.runtime.process_tree import reap_children
 
 
 class DriverForkServer:
@@ -55,7 +60,6 @@ class DriverForkServer:
         return self.sock is not None and self.proc.poll() is None
 
     def _readable(self) -> bool:
-        from worker.vmbus.transport import receive_messages
         if self.sock is None:
             return False
         msgs, closed = receive_messages(self.sock, accept_fds=False)
@@ -86,8 +90,6 @@ class DriverForkServer:
 
     def start(self, driver: str, status_sock: socket.socket) -> int:
         """Fork a host for `driver` that reports on `status_sock`; its pid (bounded wait)."""
-        from hypervisor.runtime.errors import HvError
-        from worker.vmbus.transport import send_message
         from parent.sandbox_ids import driver_sandbox
         start = {"t": "start", "driver": driver, "home": str(self.home.root),
                  "sandbox": driver_sandbox(self.home, driver)}   # its own uid (DESIGN §9)
@@ -135,17 +137,6 @@ class DriverForkServer:
             self.proc.wait(timeout=3.0)
 
 
-def _reap(sock, send_message) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        send_message(sock, {"t": "exited", "pid": pid, "status": status})
-
-
 def _child(msg: dict, fd: int, closing: list) -> None:
     """In the forked child: become `drvhost <driver>`; never returns."""
     code = 1
@@ -176,7 +167,6 @@ def serve(sock: socket.socket) -> None:
     import parent.drvhost  # noqa: F401
     from hypervisor.runtime.sandbox import fork_in_new_pid_ns
     from worker.vmbus.driver_protocol import check_driver_name
-    from worker.vmbus.transport import close_fds, receive_messages, send_message
     rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wfd)
     signal.signal(signal.SIGCHLD, lambda *_: None)   # only wakes the loop
@@ -190,7 +180,8 @@ def serve(sock: socket.socket) -> None:
             os.read(rfd, 512)
         except BlockingIOError:
             pass
-        _reap(sock, send_message)
+        for pid, status in reap_children():
+            send_message(sock, {"t": "exited", "pid": pid, "status": status})
         msgs, closed = receive_messages(sock, accept_fds=True)
         for msg in msgs:
             fds = msg.pop("fds", [])

@@ -42,11 +42,13 @@ from hypervisor import driver_model
 from hypervisor.monolithic_drivers import socket_path as monolithic_socket
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
+from hypervisor.runtime.packet_socket import receive_messages, send_message
 from hypervisor.runtime.pidfile import holder_pid
 from hypervisor.runtime.process_tree import is_zombie_or_gone
+from parent.driver_forkserver import DriverForkServer
 from parent.drivers import registry
 from worker.vmbus import driver_protocol as dp
-from worker.vmbus.transport import receive_messages, send_message
+from worker.vmbus.driver_protocol import DriverState
 
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
@@ -59,13 +61,15 @@ Waiter = Callable[[HvError | None], None]
 
 
 class HostProcess:
-    """A running driver host: forked by the fork-server (`popen` None: the fork-server reaps it
-    and reports its wait status) or exec'd by vmms (`popen`: vmms reaps it)."""
+    """One driver host process: forked by the fork-server (`popen` None: the fork-server reaps
+    it and reports its wait status) or exec'd by vmms (`popen`: vmms reaps it), with the status
+    socket it reports on (`sock`, None once the host closed it)."""
 
     def __init__(self, pid: int, popen: subprocess.Popen | None = None):
         self.pid, self.popen = pid, popen
         self.pidfd = os.pidfd_open(pid)          # ProcessLookupError if it is already gone
         self.wait_status: int | None = None      # from the fork-server
+        self.sock: socket.socket | None = None
 
     def send_signal(self, sig: int) -> None:
         try:
@@ -122,11 +126,12 @@ class InProcessHost:
 
 
 @dataclass
-class DriverProcess:
+class Driver:
+    """What the supervisor keeps per driver across the host processes that serve it in turn:
+    its state, restarts and crash history, what its last host said; `host` is the current one."""
     name: str
-    state: str = "Stopped"
-    proc: HostProcess | None = None
-    sock: socket.socket | None = None
+    state: DriverState = DriverState.STOPPED
+    host: HostProcess | InProcessHost | None = None
     restarts: int = 0
     started_once: bool = False
     crashes: list[float] = field(default_factory=list)
@@ -146,30 +151,29 @@ class DriverSupervisor:
                  unwatch: Callable[[int], None], on_state: Callable[[str, str, str], None]):
         self.home, self.log = home, log
         self._watch, self._unwatch, self.on_state = watch, unwatch, on_state
-        self.drivers: dict[str, DriverProcess] = {}
+        self.drivers: dict[str, Driver] = {}
         self.forkserver = None                 # DriverForkServer, made at the first start
         self.on_stats: Callable[[str, int, dict], None] | None = None   # (driver, pid, its stats)
         self.model = driver_model.load(home)
 
     # --- starting --------------------------------------------------------------------------------
-    def get(self, name: str) -> DriverProcess:
+    def get(self, name: str) -> Driver:
         dp.check_driver_name(name)
         drv = self.drivers.get(name)
         if drv is None:
             registry.find(name)  # NotFound unless installed
-            drv = self.drivers[name] = DriverProcess(name)
+            drv = self.drivers[name] = Driver(name)
         return drv
 
-    def ensure(self, name: str) -> DriverProcess:
+    def ensure(self, name: str) -> Driver:
         """Load the driver if it is not loaded (a Failed driver stays Failed)."""
         drv = self.get(name)
-        if drv.state == "Stopped":
+        if drv.state == DriverState.STOPPED:
             self._start(drv)
         return drv
 
     def _fork(self, name: str, theirs: socket.socket) -> HostProcess | None:
         """A driver host from the fork-server, or None if the fork-server cannot."""
-        from parent.driver_forkserver import DriverForkServer
         try:
             if self.forkserver is None or not self.forkserver.alive():
                 if self.forkserver is not None:
@@ -211,10 +215,10 @@ class DriverSupervisor:
     def _reaped(self, pid: int, wait_status: int) -> None:
         """The fork-server reaped one of its driver hosts."""
         for drv in self.drivers.values():
-            if drv.proc is not None and drv.proc.pid == pid:
-                drv.proc.wait_status = wait_status
+            if drv.host is not None and drv.host.pid == pid:
+                drv.host.wait_status = wait_status
 
-    def _start(self, drv: DriverProcess) -> None:
+    def _start(self, drv: Driver) -> None:
         if self.model == driver_model.MONOLITHIC:
             try:
                 ours, proc = self._load_in_hypervisor(drv.name)
@@ -236,9 +240,10 @@ class DriverSupervisor:
         if drv.started_once:
             drv.restarts += 1
         drv.started_once = True
-        drv.proc, drv.sock = proc, ours
+        proc.sock = ours
+        drv.host = proc
         ours.setblocking(False)
-        drv.state, drv.next_start, drv.stopping = "Starting", None, None
+        drv.state, drv.next_start, drv.stopping = DriverState.STARTING, None, None
         drv.ready_deadline = time.monotonic() + READY_TIMEOUT
         drv.channels, drv.last_error = 0, ""
         self._watch(proc.pidfd, lambda d=drv: self._exited(d))
@@ -247,37 +252,42 @@ class DriverSupervisor:
                       forked=proc.popen is None)
 
     # --- events -------------------------------------------------------------------------------
-    def _readable(self, drv: DriverProcess) -> None:
-        if drv.sock is None:
+    def _readable(self, drv: Driver) -> None:
+        host = drv.host
+        if host is None or host.sock is None:
             return
-        msgs, closed = receive_messages(drv.sock, accept_fds=False)
+        msgs, closed = receive_messages(host.sock, accept_fds=False)
         for msg in msgs:
             kind = msg.get("t")
             if kind == dp.READY:
                 drv.info = {k: msg.get(k) for k in ("version", "class_id", "versions", "ring_size")}
-                drv.state, drv.ready_deadline = "Running", None
-                self.log.info("drvhost_ready", driver=drv.name, drvhost_pid=drv.proc.pid if drv.proc else None)
+                drv.state, drv.ready_deadline = DriverState.RUNNING, None
+                self.log.info("drvhost_ready", driver=drv.name, drvhost_pid=host.pid)
                 self._call_waiters(drv, None)
-                self.on_state(drv.name, "Running", "")
+                self.on_state(drv.name, DriverState.RUNNING, "")
             elif kind == dp.STATS:
                 if isinstance(msg.get("channels"), int):
                     drv.channels = msg["channels"]
                 if isinstance(msg.get("protocol_errors"), int):
                     drv.protocol_errors = msg["protocol_errors"]
-                if self.on_stats is not None and isinstance(msg.get("driver"), dict) and drv.proc:
-                    self.on_stats(drv.name, drv.proc.pid, msg["driver"])
+                if self.on_stats is not None and isinstance(msg.get("driver"), dict):
+                    self.on_stats(drv.name, host.pid, msg["driver"])
             elif kind == "error":
                 drv.last_error = str(msg.get("message", ""))[:500]
-        if closed and drv.sock is not None:
-            self._unwatch(drv.sock.fileno())
-            drv.sock.close()
-            drv.sock = None
-            if isinstance(drv.proc, InProcessHost):   # the only sign an unloaded driver gives
-                drv.proc.ended = True
+        if closed:
+            self._close_status(host)
+            if isinstance(host, InProcessHost):   # the only sign an unloaded driver gives
+                host.ended = True
                 self._exited(drv)
 
-    def _exited(self, drv: DriverProcess) -> None:
-        proc = drv.proc
+    def _close_status(self, host: HostProcess) -> None:
+        if host.sock is not None:
+            self._unwatch(host.sock.fileno())
+            host.sock.close()
+            host.sock = None
+
+    def _exited(self, drv: Driver) -> None:
+        proc = drv.host
         if proc is None or not proc.has_exited():
             return  # a spurious wake-up: the pidfd is readable only once it has exited
         if proc.popen is None and proc.wait_status is None and self.forkserver is not None:
@@ -286,16 +296,13 @@ class DriverSupervisor:
         self._readable(drv)  # anything it said before it went
         self._unwatch(proc.pidfd)
         proc.close()
-        if drv.sock is not None:
-            self._unwatch(drv.sock.fileno())
-            drv.sock.close()
-            drv.sock = None
-        pid, drv.proc = proc.pid, None
+        self._close_status(proc)
+        pid, drv.host = proc.pid, None
         drv.channels = 0
         how = ("exited" if code is None else
                f"killed by signal {-code}" if code < 0 else f"exited with status {code}")
         if drv.stopping == "stop":
-            drv.state, drv.stopping = "Stopped", None
+            drv.state, drv.stopping = DriverState.STOPPED, None
             self.log.info("drvhost_stopped", driver=drv.name, drvhost_pid=pid)
             return
         if drv.stopping == "restart":
@@ -311,31 +318,31 @@ class DriverSupervisor:
             self._failed(drv, f"{len(drv.crashes)} crashes within {CRASH_WINDOW:g} s; last: {drv.reason}")
             return
         delay = 0.0 if len(drv.crashes) == 1 else min(BACKOFF_FIRST * 2 ** (len(drv.crashes) - 2), BACKOFF_MAX)
-        drv.state, drv.next_start = "Restarting", now + delay
-        self.on_state(drv.name, "Restarting", drv.reason)
+        drv.state, drv.next_start = DriverState.RESTARTING, now + delay
+        self.on_state(drv.name, DriverState.RESTARTING, drv.reason)
         if delay == 0.0:
             self._start(drv)
 
-    def _failed(self, drv: DriverProcess, reason: str) -> None:
-        drv.state, drv.reason, drv.next_start = "Failed", reason, None
+    def _failed(self, drv: Driver, reason: str) -> None:
+        drv.state, drv.reason, drv.next_start = DriverState.FAILED, reason, None
         self.log.error("drvhost_failed", driver=drv.name, reason=reason)
         self._call_waiters(drv, HvError("DriverFault", f"driver {drv.name} failed: {reason}"))
-        self.on_state(drv.name, "Failed", reason)
+        self.on_state(drv.name, DriverState.FAILED, reason)
 
-    def _call_waiters(self, drv: DriverProcess, err: HvError | None) -> None:
+    def _call_waiters(self, drv: Driver, err: HvError | None) -> None:
         waiters, drv.waiters = drv.waiters, []
         for callback, _ in waiters:
             callback(err)
 
     def tick(self, now: float) -> None:
         for drv in self.drivers.values():
-            if drv.state == "Restarting" and drv.proc is None and drv.next_start is not None \
+            if drv.state == DriverState.RESTARTING and drv.host is None and drv.next_start is not None \
                     and now >= drv.next_start:
                 self._start(drv)
-            if drv.ready_deadline is not None and now > drv.ready_deadline and drv.proc is not None:
+            if drv.ready_deadline is not None and now > drv.ready_deadline and drv.host is not None:
                 drv.last_error = f"not ready within {READY_TIMEOUT:g} s"
                 drv.ready_deadline = None
-                drv.proc.send_signal(signal.SIGKILL)   # its exit takes the crash path
+                drv.host.send_signal(signal.SIGKILL)   # its exit takes the crash path
             for item in [w for w in drv.waiters if w[1] <= now]:
                 drv.waiters.remove(item)
                 item[0](HvError("Timeout", f"driver {drv.name} did not become ready in time"))
@@ -347,11 +354,11 @@ class DriverSupervisor:
         registry.find(name)
         drv.waiters.append((callback, time.monotonic() + timeout))
         drv.crashes.clear()
-        if drv.proc is not None:
+        if drv.host is not None:
             drv.stopping = "restart"
-            drv.state = "Restarting"
-            self.on_state(drv.name, "Restarting", "restart requested")
-            drv.proc.send_signal(signal.SIGTERM)
+            drv.state = DriverState.RESTARTING
+            self.on_state(drv.name, DriverState.RESTARTING, "restart requested")
+            drv.host.send_signal(signal.SIGTERM)
         else:
             self._start(drv)
 
@@ -359,44 +366,44 @@ class DriverSupervisor:
         entries = registry.installed()
         out = []
         for name in sorted(set(entries) | set(self.drivers)):
-            drv = self.drivers.get(name) or DriverProcess(name)
+            drv = self.drivers.get(name) or Driver(name)
             entry = entries.get(name)
             out.append({"Name": name, "Version": drv.info.get("version"),
-                        "ProcessId": drv.proc.pid if drv.proc is not None else None,
-                        "State": drv.state if entry is not None or drv.proc else "NotInstalled",
+                        "ProcessId": drv.host.pid if drv.host is not None else None,
+                        "State": drv.state.value if entry is not None or drv.host else "NotInstalled",
                         "Restarts": drv.restarts, "Channels": drv.channels,
                         "Package": entry.package if entry else None,
                         "PackageVersion": entry.package_version if entry else None,
                         "ClassId": drv.info.get("class_id"), "ProtocolErrors": drv.protocol_errors,
-                        "Error": drv.reason if drv.state in ("Failed", "Restarting") else None})
+                        "Error": drv.reason if drv.state in (DriverState.FAILED, DriverState.RESTARTING) else None})
         return out
 
     def failures(self) -> dict[str, str]:
-        return {d.name: d.reason for d in self.drivers.values() if d.state == "Failed"}
+        return {d.name: d.reason for d in self.drivers.values() if d.state == DriverState.FAILED}
 
     def close(self) -> None:
         """Stop every driver host (bounded), e.g. when vmms exits."""
-        for drv in [d for d in self.drivers.values() if isinstance(d.proc, InProcessHost)]:
+        for drv in [d for d in self.drivers.values() if isinstance(d.host, InProcessHost)]:
             # monolithic: closing the status channel unloads it; the hypervisor is not ours to wait on
-            drv.proc.send_signal(signal.SIGTERM)
-            drv.proc.close()
-            if drv.sock is not None:
-                drv.sock.close()
-            drv.proc, drv.sock, drv.state = None, None, "Stopped"
-        live = [d for d in self.drivers.values() if d.proc is not None]
+            drv.host.send_signal(signal.SIGTERM)
+            drv.host.close()
+            if drv.host.sock is not None:
+                drv.host.sock.close()
+            drv.host, drv.state = None, DriverState.STOPPED
+        live = [d for d in self.drivers.values() if d.host is not None]
         for drv in live:
             drv.stopping = "stop"
-            drv.proc.send_signal(signal.SIGTERM)
+            drv.host.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT
         for drv in live:
             left = max(0.05, deadline - time.monotonic())
-            if not select.select([drv.proc.pidfd], [], [], left)[0]:
-                drv.proc.send_signal(signal.SIGKILL)
-                select.select([drv.proc.pidfd], [], [], STOP_WAIT)
-            drv.proc.close()
-            if drv.sock is not None:
-                drv.sock.close()
-            drv.proc, drv.sock, drv.state = None, None, "Stopped"
+            if not select.select([drv.host.pidfd], [], [], left)[0]:
+                drv.host.send_signal(signal.SIGKILL)
+                select.select([drv.host.pidfd], [], [], STOP_WAIT)
+            drv.host.close()
+            if drv.host.sock is not None:
+                drv.host.sock.close()
+            drv.host, drv.state = None, DriverState.STOPPED
         if self.forkserver is not None:
             self.forkserver.close()
             self.forkserver = None

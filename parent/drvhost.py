@@ -32,11 +32,12 @@ import setproctitle
 
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
+from hypervisor.runtime.packet_socket import close_fds, receive_messages, send_message
 from hypervisor.runtime.pidfile import PidFile
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus import messages as m
 from worker.vmbus.ring import PacketType, RingProtocolError
-from worker.vmbus.transport import ChannelEndpoint, close_fds, receive_messages, send_message
+from worker.vmbus.transport import ChannelEndpoint
 
 TICK = 0.1
 STATS_INTERVAL = 0.2

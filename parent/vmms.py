@@ -346,8 +346,10 @@ class Vmms:
             self.log.info("worker_reattached", vm_id=vm_id, vm_name=rec.name, pid=pid)
 
     def worker_call(self, rec: VmRecord, req: Request, op: str, args: dict,
-                    timeout: float = WORKER_OP_TIMEOUT, on_ok=None) -> object:
-        """Forward an op to the VM's worker; the client's reply follows the worker's."""
+                    answer=None, timeout: float = WORKER_OP_TIMEOUT) -> object:
+        """Forward worker op `op` for client request `req`; the client's reply follows the
+        worker's: `answer(worker's result)` (which may raise HvError), by default the VM's view,
+        or the worker's error. Releases the VM's lock if `req.op` holds it."""
         if rec.worker is None:
             raise HvError("InvalidState", f"VM '{rec.name}' is not running")
 
@@ -355,10 +357,11 @@ class Vmms:
             self.unlock(rec, req.op)
             if not ok:
                 self.server.reply_error(req, res)
-            elif on_ok is not None:
-                on_ok(res)
-            else:
-                self.server.reply(req, self.vm_view(rec, {}))
+                return
+            try:
+                self.server.reply(req, answer(res) if answer is not None else self.vm_view(rec, {}))
+            except HvError as err:
+                self.server.reply_error(req, err)
         rec.worker.send(op, args, done, timeout)
         return DEFERRED
 

@@ -1,7 +1,7 @@
 """How vmms launches, talks to and finds again its workers.
 
 `ForkServer` is the client of worker/forkserver.py (started before vmms makes any ZeroMQ
-context). `WorkerHandle` is vmms's asynchronous connection to one `vmwp`: a DEALER on the
+context; one msgpack map per SOCK_SEQPACKET packet, hypervisor/runtime/packet_socket.py). `WorkerHandle` is vmms's asynchronous connection to one `vmwp`: a DEALER on the
 worker's socket, a pidfd that says the moment it exits, requests with deadlines, and the last
 `status` the worker pushed. `find_live_workers` is the restart path: one pid file per worker,
 held with flock by a live worker.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -23,32 +24,48 @@ from hypervisor.runtime import wire
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import holder_pid
-from worker.forkserver import recv_msg, send_msg
-from worker.worker_defs import NOTIFY_STATUS, WORKER_OPS
+from hypervisor.runtime.rpc_client import dealer_socket
+from hypervisor.runtime.packet_socket import allow_large_packets, receive_messages, send_message
+from worker.worker_defs import LAUNCH_KEYS, NOTIFY_STATUS, WORKER_OPS
 
 _ids = itertools.count(1)
 
 
 class ForkServer:
+    LAUNCH_WAIT = 10.0
+    MAX_LAUNCH = 4 << 20   # as worker/forkserver.py: a VM's host KVP pool rides in its launch
+
     def __init__(self, home: Home):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.forkserver", str(theirs.fileno()), str(home.root)],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
             stdout=open(home.logs_dir / "forkserver.out", "ab"), stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         theirs.close()
-        ours.settimeout(10.0)
+        ours.setblocking(False)
+        allow_large_packets(ours, self.MAX_LAUNCH)
         self.sock = ours
 
     def launch(self, launch: dict) -> int:
-        try:
-            send_msg(self.sock, {"launch": launch})
-            reply = recv_msg(self.sock)
-        except OSError as exc:
-            raise HvError("Internal", f"the worker fork-server failed: {exc}") from None
-        if not isinstance(reply, dict) or "pid" not in reply:
-            raise HvError("Internal", f"the worker fork-server refused: {reply!r}")
+        """Fork a worker for `launch` (LAUNCH_KEYS); its pid. Bounded wait."""
+        assert set(launch) == set(LAUNCH_KEYS), sorted(launch)
+        if not send_message(self.sock, {"launch": launch}):
+            raise HvError("Internal", "the worker fork-server failed: it is gone, or the launch "
+                                      "is larger than this host's socket buffers allow")
+        deadline = time.monotonic() + self.LAUNCH_WAIT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise HvError("Internal", "the worker fork-server failed: no answer in time")
+            replies, closed = receive_messages(self.sock, accept_fds=False)
+            if replies:
+                reply = replies[0]
+                break
+            if closed:
+                raise HvError("Internal", "the worker fork-server failed: it exited")
+        if "pid" not in reply:
+            raise HvError("Internal", f"the worker fork-server refused: {reply.get('error')!r}")
         return int(reply["pid"])
 
     def close(self) -> None:
@@ -68,13 +85,8 @@ class WorkerHandle:
                  on_status: Callable[["WorkerHandle", dict], None]):
         self.vm_id, self.pid = vm_id, pid
         self.pidfd = os.pidfd_open(pid)
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
         # vmms connects as soon as the worker is forked, before it has bound: retry fast
-        self.sock.setsockopt(zmq.RECONNECT_IVL, 2)
-        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 10)
-        self.sock.connect(home.worker_endpoint(vm_id))
+        self.sock = dealer_socket(ctx, home.worker_endpoint(vm_id), reconnect_ms=2, reconnect_max_ms=10)
         self.pending: dict[str, tuple[Callback, float]] = {}
         self.status: dict = {}
         self.on_status = on_status
@@ -83,8 +95,7 @@ class WorkerHandle:
         assert op in WORKER_OPS, op
         req_id = f"w{next(_ids)}"
         self.pending[req_id] = (callback, time.monotonic() + timeout)
-        env = {"id": req_id, "op": op, "args": args, "deadline_ms": int(timeout * 1000)}
-        self.sock.send_multipart([wire.TAG, wire.pack(env)], zmq.NOBLOCK)
+        self.sock.send_multipart(wire.request_frames(req_id, op, args, int(timeout * 1000)), zmq.NOBLOCK)
 
     def on_readable(self) -> None:
         while True:

@@ -3,9 +3,11 @@ imported the worker and guest code, so a VM starts in milliseconds and its proce
 those pages (DESIGN.md §7).
 
 It holds no ZeroMQ context and no threads, so forking it is safe. vmms starts it (fork+exec)
-before it makes its own ZeroMQ context and talks to it over a socketpair: length-prefixed
-msgpack `{"launch": {...}}` → `{"pid": N}` or `{"error": "..."}`. It reaps the workers it forked
-and exits when vmms goes away (EOF); the workers, in their own sessions, keep running.
+before it makes its own ZeroMQ context and talks to it over a SOCK_SEQPACKET socketpair, one
+msgpack map per packet (hypervisor/runtime/packet_socket.py, the framing the driver fork-server
+speaks too): `{"launch": {LAUNCH_KEYS}}` → `{"pid": N}` or `{"error": "..."}`. It reaps the
+workers it forked and exits when vmms goes away (EOF); the workers, in their own sessions, keep
+running.
 """
 from __future__ import annotations
 
@@ -14,89 +16,49 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 
-import msgpack
+from hypervisor.runtime.packet_socket import receive_messages, send_message
+from hypervisor.runtime.process_tree import reap_children
+from worker.worker_defs import LAUNCH_KEYS
 
-HEADER = struct.Struct(">I")
-MAX_REQUEST = 1 << 20
-
-
-def send_msg(sock: socket.socket, obj) -> None:
-    data = msgpack.packb(obj, use_bin_type=True)
-    sock.sendall(HEADER.pack(len(data)) + data)
-
-
-def recv_msg(sock: socket.socket):
-    """One message, or None on EOF. Blocking (callers bound it with a socket timeout)."""
-    head = _recv_exact(sock, HEADER.size)
-    if head is None:
-        return None
-    (length,) = HEADER.unpack(head)
-    if length > MAX_REQUEST:
-        raise ValueError(f"fork-server message of {length} bytes")
-    body = _recv_exact(sock, length)
-    if body is None:
-        return None
-    return msgpack.unpackb(body, raw=False, strict_map_key=True)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+MAX_LAUNCH = 4 << 20   # a launch carries the VM's host KVP pool: up to 1024 items of 2.5 KB
 
 
 def serve(sock: socket.socket) -> None:
     from worker.vmwp import worker_main  # preload: every fork inherits these pages
     import hypervisor.runtime.rpc_client, hypervisor.runtime.rpc_server, hypervisor.runtime.logging_setup  # noqa: F401,E401
     import zmq  # noqa: F401  (imported, never instantiated here)
+    sock.setblocking(False)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     while True:
         events = sel.select(0.5)
-        _reap()
+        reap_children()
         if not events:
             continue
-        try:
-            msg = recv_msg(sock)
-        except (OSError, ValueError):
-            return
-        if msg is None:
+        msgs, closed = receive_messages(sock, accept_fds=False, max_bytes=MAX_LAUNCH)
+        for msg in msgs:
+            launch = msg.get("launch")
+            if not isinstance(launch, dict) or set(launch) != set(LAUNCH_KEYS):
+                send_message(sock, {"error": "bad fork-server request"})
+                continue
+            # Freeze what is imported so far: a child's garbage collection then never touches
+            # (and so never copies) the pages it shares with this process.
+            gc.freeze()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    sel.close()
+                    sock.close()
+                    os.setsid()  # killing or restarting vmms must never reach the VM
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    worker_main(launch)
+                finally:
+                    os._exit(1)
+            send_message(sock, {"pid": pid})
+        if closed:
             return  # vmms is gone
-        launch = msg.get("launch") if isinstance(msg, dict) else None
-        if not isinstance(launch, dict):
-            send_msg(sock, {"error": "bad fork-server request"})
-            continue
-        # Freeze what is imported so far: a child's garbage collection then never touches (and
-        # so never copies) the pages it shares with this process.
-        gc.freeze()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                sel.close()
-                sock.close()
-                os.setsid()  # killing or restarting vmms must never reach the VM
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                worker_main(launch)
-            finally:
-                os._exit(1)
-        send_msg(sock, {"pid": pid})
 
 
 def main() -> None:

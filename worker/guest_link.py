@@ -12,9 +12,7 @@ from __future__ import annotations
 import socket
 
 from hypervisor.runtime import wire
-from worker.vmbus.transport import receive_messages
-
-MAX_PACKET = 64 * 1024
+from hypervisor.runtime.packet_socket import receive_messages
 
 
 def pair() -> tuple[socket.socket, socket.socket]:

@@ -26,9 +26,9 @@ from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile, read_pid
 from worker import guest_link
 from worker.guest.runtime import guest_main
-from worker.vm_services import VmServices
+from worker.virtual_devices import VirtualDevices
 from worker.vm_state import VmState, begin, result
-from worker.worker_defs import NOTIFY_STATUS, STOP_TIMEOUT_DEFAULT
+from worker.worker_defs import NOTIFY_STATUS, STATUS_KEYS, STOP_TIMEOUT_DEFAULT, bind_worker_ops
 
 HEARTBEAT_LOST_AFTER = 2.0  # 3 missed beats at the guest's 0.5 s interval, plus slack
 BOOT_DEADLINE = 30.0
@@ -96,17 +96,18 @@ class Worker:
         self.expected_guest_exit = False
         self.done = False
         self.boot_deadline = time.monotonic() + BOOT_DEADLINE
-        self.services = None               # VmServices: VMBus, integration services, COM ports
+        self.services = None               # VirtualDevices: VMBus, integration services, COM ports
 
     # --- status -----------------------------------------------------------------------------
     def status(self) -> dict:
-        return {"vm_id": self.vm_id, "state": self.state.value, "worker_pid": os.getpid(),
-                "guest_pid": self.guest_pid, "partition_id": self.partition_id,
-                "running_since": self.running_since, "paused_total": self.paused_total,
-                "paused_since": self.paused_since, "heartbeat": self.heartbeat,
-                "exit_reason": self.exit_reason, "error": self.error,
-                "sandbox_uid": self.sandbox.get("uid"), "sandbox_slot": self.sandbox_slot,
-                "isolation_mode": self.sandbox.get("mode")}
+        values = {"vm_id": self.vm_id, "state": self.state.value, "worker_pid": os.getpid(),
+                  "guest_pid": self.guest_pid, "partition_id": self.partition_id,
+                  "running_since": self.running_since, "paused_total": self.paused_total,
+                  "paused_since": self.paused_since, "heartbeat": self.heartbeat,
+                  "exit_reason": self.exit_reason, "error": self.error,
+                  "sandbox_uid": self.sandbox.get("uid"), "sandbox_slot": self.sandbox_slot,
+                  "isolation_mode": self.sandbox.get("mode")}
+        return {key: values[key] for key in STATUS_KEYS}   # KeyError if the defs grew a key
 
     def notify(self) -> None:
         if self.peer is not None:
@@ -444,16 +445,14 @@ class Worker:
             router = bind_router(ctx, self.home.worker_endpoint(self.vm_id))
         finally:
             os.umask(old)
-        handlers = {"attach": self.op_attach, "stop": self.op_stop, "suspend": self.op_suspend,
-                    "resume": self.op_resume, "reset": self.op_reset, "set-guest": self.op_set_guest,
-                    "set-processor": self.op_set_processor, "set-memory": self.op_set_memory}
+        handlers: dict = {}   # bound from WORKER_OPS once the virtual devices exist
         self.server = RpcServer(router, handlers, self.log)
         self.poller = zmq.Poller()
         self.poller.register(router, zmq.POLLIN)
         rfd = signal_wakeup.install((signal.SIGTERM,))
         self.poller.register(rfd, zmq.POLLIN)
-        self.services = VmServices(self)
-        handlers.update(self.services.ops())
+        self.services = VirtualDevices(self)
+        handlers.update(bind_worker_ops(self, self.services))
         hv_pid = read_pid(self.home.pidfile("hypervisor"))
         hv_fd = os.pidfd_open(hv_pid) if hv_pid else None
         if hv_fd is not None:

@@ -6,7 +6,10 @@ pushes `status` notifications to the vmms that attached last.
 """
 from __future__ import annotations
 
-# op -> when it is allowed and what it does. The worker registers exactly these handlers.
+from typing import Any, Callable
+
+# op -> when it is allowed and what it does. The worker's handlers are bound from this table
+# (`bind_worker_ops`), so an op cannot be listed without a handler or handled without a listing.
 WORKER_OPS: dict[str, str] = {
     "attach": "vmms (re)attaches after launching or after its own restart; answers `status`",
     "stop": "args {mode: 'shutdown'|'turn-off', timeout: s, force: bool}; shutdown asks the guest "
@@ -18,7 +21,7 @@ WORKER_OPS: dict[str, str] = {
     "set-guest": "args {guest: SPEC}: the guest program changes live where it can",
     "set-processor": "args {processor: {...}}: live CPU settings through the hypervisor",
     "set-memory": "args {memory: {...}}: live memory settings through the hypervisor",
-    # VMBus devices, integration services and COM ports (worker/vm_services.py)
+    # VMBus devices, integration services and COM ports (worker/virtual_devices.py)
     "kvp-get": "args {pool: guest|host}: the KVP items of that pool",
     "kvp-set": "args {items: {key: value}}: host items, pushed to the guest",
     "kvp-remove": "args {keys: [key]}: host items removed, in the guest too",
@@ -31,13 +34,39 @@ WORKER_OPS: dict[str, str] = {
     "driver-state": "args {driver, state: Running|Restarting|Failed, reason}: from vmms's supervisor",
 }
 
+
+
+def handler_name(op: str) -> str:
+    """The method that handles worker op `op`: "set-guest" -> `op_set_guest`."""
+    return "op_" + op.replace("-", "_")
+
+
+def bind_worker_ops(*owners: Any) -> dict[str, Callable]:
+    """{op: bound handler} for every op of WORKER_OPS, from the first owner with its `op_*`
+    method. Raises LookupError for an op without a handler, or an `op_*` method of an owner
+    that WORKER_OPS does not list (a handler nobody can call)."""
+    handlers: dict[str, Callable] = {}
+    for op in WORKER_OPS:
+        owner = next((o for o in owners if hasattr(o, handler_name(op))), None)
+        if owner is None:
+            raise LookupError(f"worker op {op!r} has no handler {handler_name(op)}")
+        handlers[op] = getattr(owner, handler_name(op))
+    listed = {handler_name(op) for op in WORKER_OPS}
+    extra = sorted({n for o in owners for n in dir(o) if n.startswith("op_")} - listed)
+    if extra:
+        raise LookupError(f"handlers not listed in WORKER_OPS: {', '.join(extra)}")
+    return handlers
+
+
 NOTIFY_STATUS = "status"
 
-# status keys (a worker's answer to attach and the payload of every notification)
+# status keys (a worker's answer to attach and the payload of every notification; vmwp builds
+# its status from them)
 STATUS_KEYS = ("vm_id", "state", "worker_pid", "guest_pid", "partition_id", "running_since",
-               "paused_total", "paused_since", "heartbeat", "exit_reason", "error")
+               "paused_total", "paused_since", "heartbeat", "exit_reason", "error",
+               "sandbox_uid", "sandbox_slot", "isolation_mode")
 
-# what the fork-server is asked to launch
-LAUNCH_KEYS = ("vm_id", "name", "home", "config")
+# what the fork-server is asked to launch (vmms sends exactly these; the fork-server checks)
+LAUNCH_KEYS = ("vm_id", "name", "home", "sandbox", "config")
 
 STOP_TIMEOUT_DEFAULT = 10.0

@@ -10,6 +10,20 @@ import os
 import signal
 
 
+def reap_children() -> list[tuple[int, int]]:
+    """Reap every child of this process that has exited, never blocking: [(pid, wait status)].
+    The fork-servers call it on each turn of their loops."""
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append((pid, status))
+
+
 def ppid_of(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

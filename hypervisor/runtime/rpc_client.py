@@ -1,7 +1,9 @@
 """The calling side of the wire protocol: a DEALER with LINGER 0 and bounded waits.
 
-A call that times out throws its socket away (a late reply must never be read as the answer
-to the next call). `call_many` pipelines several requests on one socket.
+`dealer_socket` makes every client DEALER (this one, and vmms's asynchronous worker handles in
+parent/worker_supervisor.py); envelopes are built and parsed by wire.py. A call that times out
+throws its socket away (a late reply must never be read as the answer to the next call).
+`call_many` pipelines several requests on one socket.
 """
 from __future__ import annotations
 
@@ -18,6 +20,18 @@ from hypervisor.runtime.errors import HvError
 _ids = itertools.count(1)
 
 
+def dealer_socket(ctx: zmq.Context, endpoint: str, reconnect_ms: int = 10,
+                  reconnect_max_ms: int = 200) -> zmq.Socket:
+    """A client DEALER: LINGER 0, MAXMSGSIZE pinned, connected to `endpoint`."""
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+    s.setsockopt(zmq.RECONNECT_IVL, reconnect_ms)
+    s.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_max_ms)
+    s.connect(endpoint)
+    return s
+
+
 class RpcClient:
     def __init__(self, endpoint: str, *, timeout: float = 10.0, auth: Any = None,
                  ctx: zmq.Context | None = None, name: str = "peer"):
@@ -30,25 +44,13 @@ class RpcClient:
 
     def _socket(self) -> zmq.Socket:
         if self.sock is None:
-            s = self.ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
-            s.setsockopt(zmq.RECONNECT_IVL, 10)
-            s.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
-            s.connect(self.endpoint)
-            self.sock = s
+            self.sock = dealer_socket(self.ctx, self.endpoint)
         return self.sock
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
-
-    def _frames(self, req_id: str, op: str, args: dict, timeout: float) -> list[bytes]:
-        env: dict = {"id": req_id, "op": op, "args": args, "deadline_ms": max(1, int(timeout * 1000))}
-        if self.auth is not None:
-            env["auth"] = self.auth
-        return [wire.TAG, wire.pack(env)]
 
     def call(self, op: str, args: dict | None = None, timeout: float | None = None) -> Any:
         return self.call_many([(op, args or {})], timeout=timeout)[0]
@@ -63,7 +65,8 @@ class RpcClient:
         for index, (op, args) in enumerate(calls):
             req_id = f"{os.getpid()}-{next(_ids)}"
             pending[req_id] = index
-            sock.send_multipart(self._frames(req_id, op, args, timeout))
+            sock.send_multipart(wire.request_frames(req_id, op, args, max(1, int(timeout * 1000)),
+                                                    self.auth))
         results: list[Any] = [None] * len(calls)
         deadline = time.monotonic() + timeout
         while pending:

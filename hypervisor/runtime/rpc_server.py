@@ -94,7 +94,7 @@ class RpcServer:
 
     def notify(self, peer: bytes, op: str, args: dict) -> None:
         """An unsolicited message to a connected peer (worker -> vmms state reports)."""
-        self._send(peer, [wire.TAG, wire.pack({"id": "", "op": op, "args": args})])
+        self._send(peer, wire.request_frames("", op, args))
 
     def _send(self, peer: bytes, frames: list[bytes]) -> None:
         try:

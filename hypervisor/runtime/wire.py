@@ -28,10 +28,14 @@ def unpack(data: bytes) -> Any:
         raise HvError("BadRequest", f"undecodable msgpack: {type(exc).__name__}") from None
 
 
-def request_frames(req_id: str, op: str, args: dict, deadline_ms: int | None = None) -> list[bytes]:
-    env = {"id": req_id, "op": op, "args": args}
+def request_frames(req_id: str, op: str, args: dict, deadline_ms: int | None = None,
+                   auth: Any = None) -> list[bytes]:
+    """The one place a request envelope is built (every client: rpc_client, vmms's workers)."""
+    env: dict = {"id": req_id, "op": op, "args": args}
     if deadline_ms is not None:
         env["deadline_ms"] = deadline_ms
+    if auth is not None:
+        env["auth"] = auth
     return [TAG, pack(env)]
 
 

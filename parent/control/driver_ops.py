@@ -16,7 +16,7 @@ from hypervisor.runtime.rpc_server import DEFERRED
 from parent.control.op_table import control_op, vm_arg
 from parent.drivers import registry
 from parent.vm_devices import DEVICES_KEY, devices_of
-from worker.vmbus.driver_protocol import check_driver_name
+from worker.vmbus.driver_protocol import DriverState, check_driver_name
 
 MAX_DEVICES = 16
 MAX_SETTINGS = 32
@@ -85,7 +85,7 @@ def add_vmdevice(vmms, req):
         rec.worker.send("add-device", dev, lambda ok, res: None, 5.0)
         for name, reason in vmms.driver_failures(rec).items():
             if name == driver:
-                rec.worker.send("driver-state", {"driver": name, "state": "Failed", "reason": reason},
+                rec.worker.send("driver-state", {"driver": name, "state": DriverState.FAILED, "reason": reason},
                                 lambda ok, res: None, 5.0)
     return _device_view(rec, dev, None)
 

@@ -9,33 +9,12 @@ service status) comes from the worker. What a worker gets at launch is vmms's (`
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from hypervisor.runtime.arg_checks import get_int, get_str
 from hypervisor.runtime.errors import HvError
-from hypervisor.runtime.rpc_server import DEFERRED
 from parent.control.op_table import control_op, vm_arg
 from parent.vm_devices import enabled_services
 from worker.comport import check_path
 from worker.integration.ic_defs import KVP_MAX_ITEMS, check_key, check_value, service_name
-
-if TYPE_CHECKING:
-    from parent.vm_record import VmRecord
-    from parent.vmms import Vmms
-
-
-def forward(vmms: "Vmms", rec: "VmRecord", req, op: str, args: dict, answer) -> object:
-    """Send `op` to the VM's worker; reply to the client with answer(worker's result)."""
-    def done(ok: bool, res) -> None:
-        if ok:
-            try:
-                vmms.server.reply(req, answer(res))
-            except HvError as err:
-                vmms.server.reply_error(req, err)
-        else:
-            vmms.server.reply_error(req, res)
-    rec.worker.send(op, args, done, 10.0)
-    return DEFERRED
 
 
 # --- integration services ------------------------------------------------------------------------
@@ -48,7 +27,7 @@ def get_vmintegrationservice(vmms, req):
     if rec.worker is None:
         return [{"VMName": rec.name, "Name": n, "Enabled": e, "PrimaryStatusDescription": None,
                  "SecondaryStatusDescription": None} for n, e in enabled_services(rec).items()]
-    return forward(vmms, rec, req, "get-integration-services", {},
+    return vmms.worker_call(rec, req, "get-integration-services", {},
                    lambda res: [{"VMName": rec.name, **s} for s in res])
 
 
@@ -59,7 +38,7 @@ def _set_service(vmms, req, enabled: bool):
     vmms.save_config(rec)
     if rec.worker is None:
         return get_vmintegrationservice(vmms, req)
-    return forward(vmms, rec, req, "set-integration-service", {"name": name, "enabled": enabled},
+    return vmms.worker_call(rec, req, "set-integration-service", {"name": name, "enabled": enabled},
                    lambda res: [{"VMName": rec.name, **s} for s in res])
 
 
@@ -89,7 +68,7 @@ def get_vmkvp(vmms, req):
         return dict(rec.config.get("kvp_host") or {})
     if rec.worker is None:
         return {}
-    return forward(vmms, rec, req, "kvp-get", {"pool": "guest"}, lambda res: res)
+    return vmms.worker_call(rec, req, "kvp-get", {"pool": "guest"}, lambda res: res)
 
 
 @control_op("set-vmkvp")
@@ -105,7 +84,7 @@ def set_vmkvp(vmms, req):
     rec.config["kvp_host"] = pool
     vmms.save_config(rec)
     if rec.worker is not None:
-        return forward(vmms, rec, req, "kvp-set", {"items": {key: value}}, lambda res: {key: value})
+        return vmms.worker_call(rec, req, "kvp-set", {"items": {key: value}}, lambda res: {key: value})
     return {key: value}
 
 
@@ -121,7 +100,7 @@ def remove_vmkvp(vmms, req):
     rec.config["kvp_host"] = pool
     vmms.save_config(rec)
     if rec.worker is not None:
-        return forward(vmms, rec, req, "kvp-remove", {"keys": [key]}, lambda res: {"removed": key})
+        return vmms.worker_call(rec, req, "kvp-remove", {"keys": [key]}, lambda res: {"removed": key})
     return {"removed": key}
 
 
@@ -150,7 +129,7 @@ def set_vmcomport(vmms, req):
         return _comport_views(rec)
     if rec.worker is None:
         return save()
-    return forward(vmms, rec, req, "set-comport", {"number": number, "path": path}, save)
+    return vmms.worker_call(rec, req, "set-comport", {"number": number, "path": path}, save)
 
 
 @control_op("get-vmcomport")

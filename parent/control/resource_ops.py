@@ -41,14 +41,14 @@ def apply_change(vmms, rec, req, section: str, new: dict, worker_op: str, view):
         vmms.invalidate_stats()
         rec.config[section] = new
         vmms.save_config(rec)
-        vmms.server.reply(req, view(rec))
+        return view(rec)
     if rec.worker is None or rec.state not in LIVE_STATES:
         if rec.worker is not None:
             raise HvError("Busy", f"VM '{rec.name}' is {rec.state.value}; try again")
         rec.config[section] = new
         vmms.save_config(rec)
         return view(rec)
-    return vmms.worker_call(rec, req, worker_op, {section: new}, on_ok=commit)
+    return vmms.worker_call(rec, req, worker_op, {section: new}, commit)
 
 
 @control_op("get-vmprocessor")

@@ -9,9 +9,9 @@ import socket
 import pytest
 
 from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.packet_socket import receive_messages, send_message
 from worker.vmbus.ring import PacketType, RingProtocolError
-from worker.vmbus.transport import (ChannelEndpoint, ChannelResources, receive_messages,
-                                    send_message)
+from worker.vmbus.transport import ChannelEndpoint, ChannelResources
 
 DATA = PacketType.DATA
 

@@ -25,7 +25,8 @@ from worker.vmbus import messages as m
 from worker.vmbus.channel import Offer
 from worker.vmbus.host_bus import DEVICE_FAILED, INITIATE_CONTACT, VMBUS
 from worker.vmbus.ring import RingProtocolError
-from worker.vmbus.transport import ChannelEndpoint, close_fds
+from hypervisor.runtime.packet_socket import close_fds
+from worker.vmbus.transport import ChannelEndpoint
 
 V1 = 0x00010000
 MAX_PENDING = 4096

@@ -13,10 +13,10 @@ import socket
 import time
 
 from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.packet_socket import receive_messages, send_message
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus import messages as m
-from worker.vmbus.transport import (ChannelEndpoint, ChannelResources, receive_messages,
-                                    send_message)
+from worker.vmbus.transport import ChannelEndpoint, ChannelResources
 
 
 class DriverConnection:

@@ -13,10 +13,14 @@ the three descriptors of a channel, once, when it opens.
     worker -> drvhost  close   {channel_id}            -> closed {channel_id}
     drvhost -> worker  failed  {channel_id, reason}    the guest broke the protocol: the driver
                                                        dropped that channel (and only that one)
+
+Also the driver states (`DriverState`): vmms's supervisor keeps one per driver, shows it in
+get-vmhostdriver and tells workers of changes (worker op `driver-state`).
 """
 from __future__ import annotations
 
 import re
+from enum import Enum
 
 from hypervisor.runtime.errors import HvError
 
@@ -27,6 +31,27 @@ HELLO, OPEN, OPENED, REFUSED, CLOSE, CLOSED, FAILED = (
 READY, STATS = "ready", "stats"
 # vmms -> a driver host served inside the hypervisor (monolithic model): unload the driver
 STOP = "stop"
+
+
+
+class DriverState(str, Enum):
+    """A driver's state (a str: it goes on the wire and into get-vmhostdriver as its value).
+    Stopped → Starting → Running; a crash: Restarting (after a back-off) → Starting; too many
+    crashes: Failed, until restart-vmhostdriver."""
+    STOPPED = "Stopped"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    FAILED = "Failed"
+
+
+def driver_state(value) -> DriverState:
+    try:
+        return DriverState(value)
+    except ValueError:
+        raise HvError("BadRequest", f"driver state must be one of "
+                                    f"{', '.join(s.value for s in DriverState)}, got {value!r}") from None
+
 
 DRIVER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MAX_RING_SIZE = 16 << 20

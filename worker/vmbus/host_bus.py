@@ -29,14 +29,14 @@ from typing import Callable
 
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
+from hypervisor.runtime.packet_socket import receive_messages, send_message
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus import messages as m
 from worker.vmbus.channel import (Action, ChannelFailed, ChannelState, ChannelTable, CloseDevice,
                                   Offer, OpenDevice, SendCloseResponse, SendOffer, SendOpenResult,
                                   SendRescind)
 from worker.vmbus.ring import RingProtocolError
-from worker.vmbus.transport import (ChannelEndpoint, ChannelResources, receive_messages,
-                                    send_message)
+from worker.vmbus.transport import ChannelEndpoint, ChannelResources
 
 # VMBus connection messages beyond messages.py's, carried on the guest link as
 # {"t": "vmbus", "kind": ..., "body": {...}}
@@ -419,12 +419,12 @@ class HostBus:
             self.log.warning("driver_lost", driver=link.name, reason=why, rescinded=rescinded)
         link.next_try = 0.0
 
-    def driver_state(self, name: str, state: str, reason: str = "") -> None:
+    def driver_state(self, name: str, state: dp.DriverState, reason: str = "") -> None:
         """vmms reports a driver host's state: Running (connect now) or Failed."""
         link = self.drivers.get(name)
         if link is None:
             return
-        if state == "Failed":
+        if state == dp.DriverState.FAILED:
             link.failed = reason or f"driver {name} failed"
             if link.sock is not None:
                 self._driver_lost(link, "failed")
@@ -432,7 +432,7 @@ class HostBus:
                 if dev.driver == name:
                     self._rescind_instance(dev.instance_id)
                     self._tell_failed(dev, link.failed)
-        elif state == "Running":
+        elif state == dp.DriverState.RUNNING:
             link.failed = None
             if link.sock is None:
                 self._connect(link, time.monotonic())

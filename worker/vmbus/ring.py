@@ -52,7 +52,6 @@ MAX_RING_SIZE = 1 << 30
 # Header field offsets.
 _WRITE_INDEX, _READ_INDEX, _INTERRUPT_MASK, _PENDING_SEND_SIZE, _DATA_SIZE = 0, 4, 8, 12, 16
 
-_U32 = struct.Struct("<I")
 _PACKET_HEADER = struct.Struct("<HHIQ")
 _ZEROS = bytes(ALIGN)
 _U64_MAX = (1 << 64) - 1

@@ -4,7 +4,7 @@ file-descriptor passing.
 What: `ChannelResources` is what the worker creates when a channel opens — a memfd holding the
 channel's two rings (formatted here, `ring.attach(init=True)`) and one eventfd per direction
 (the guest rings the host's doorbell, the host rings the guest's). The worker hands these three
-descriptors over a Unix socket with SCM_RIGHTS (`send_message`): to the guest over its link,
+descriptors over a Unix socket with SCM_RIGHTS (hypervisor/runtime/packet_socket.py): to the guest over its link,
 to a driver host over the driver's socket. `ChannelEndpoint` is one side's live view: it maps
 the region, writes its outgoing ring, reads its incoming one, waits on its own doorbell and
 rings the peer's. Ring data never passes through any socket — only the descriptors do once.
@@ -25,17 +25,13 @@ from __future__ import annotations
 
 import mmap
 import os
-import socket
-from typing import Any
 
-from hypervisor.runtime import wire
 from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.packet_socket import close_fds
 from worker.vmbus import messages
 from worker.vmbus.ring import (Packet, PacketFlags, PacketType, RingEndpoint, RingFull,
                                RingProtocolError, attach, region_size)
 
-MAX_FDS = 8
-MAX_CONTROL_MESSAGE = 256 * 1024
 BACKLOG_LIMIT = 4096
 MAX_BUFFER_SIZE = 64 << 20
 
@@ -227,61 +223,3 @@ class ChannelEndpoint:
                 os.close(fd)
             except OSError:
                 pass
-
-
-# --- messages with descriptors over a SOCK_SEQPACKET socket ---------------------------------
-
-def send_message(sock: socket.socket, msg: dict, fds: list[int] = ()) -> bool:
-    """One msgpack map (and descriptors) per packet. False if the socket is full or closed."""
-    data = wire.pack(msg)
-    try:
-        if fds:
-            socket.send_fds(sock, [data], list(fds))
-        else:
-            sock.send(data)
-        return True
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        return False
-
-
-def receive_messages(sock: socket.socket, accept_fds: bool, limit: int = 256) -> tuple[list[dict], bool]:
-    """Read what is waiting: ([messages], closed). A message carrying descriptors gets them as
-    `msg["fds"]` (overwriting whatever the peer wrote there); when `accept_fds` is False any
-    descriptors that arrive are closed at once, so a hostile peer cannot fill our fd table."""
-    out: list[dict] = []
-    for _ in range(limit):
-        try:
-            data, fds, flags, _ = socket.recv_fds(sock, MAX_CONTROL_MESSAGE, MAX_FDS)
-        except (BlockingIOError, InterruptedError):
-            return out, False
-        except OSError:
-            return out, True
-        if not accept_fds:
-            for fd in fds:
-                os.close(fd)
-            fds = []
-        if not data and not fds:
-            return out, True
-        try:
-            msg: Any = wire.unpack(data)
-        except HvError:
-            msg = None
-        if not isinstance(msg, dict) or flags & socket.MSG_CTRUNC:
-            for fd in fds:
-                os.close(fd)
-            continue
-        msg["fds"] = list(fds)
-        out.append(msg)
-    return out, False
-
-
-def close_fds(fds) -> None:
-    for fd in fds or ():
-        if isinstance(fd, int) and fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-

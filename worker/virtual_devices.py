@@ -1,9 +1,11 @@
-"""What a running VM has besides its partition, in its worker: VMBus (`HostBus`), the
-integration services (host side), its driver devices, and its COM ports.
+"""A running VM's virtual devices, in its worker (Hyper-V's worker process hosts a VM's VDEVs
+the same way): its VMBus (`HostBus`), the integration services' host side, the devices served
+by parent-hosted drivers, and its COM ports — everything a VM has besides its partition.
 
-`VmServices` is owned by the `Worker` (worker/vmwp.py). It watches its own descriptors through
-the worker's poller (`fds`: fd → callback), answers the worker ops that concern it (`ops()`;
-names in worker/worker_defs.py), and is told when the guest is gone. Configuration comes from
+`VirtualDevices` is owned by the `Worker` (worker/vmwp.py). It watches its own descriptors
+through the worker's poller (`fds`: fd → callback), answers the worker ops that concern it
+(its `op_*` methods, bound from worker/worker_defs.py `WORKER_OPS`), and is told when the guest
+is gone. Configuration comes from
 the launch config vmms sends: `integration_services` {name: enabled}, `kvp_host` {key: value},
 `devices` [{driver, instance_id, settings}], `com_ports` {"1": path, "2": path},
 `driver_failures` {driver: reason}.
@@ -20,11 +22,11 @@ from worker.integration.ic_defs import HEARTBEAT, NAMES, SHUTDOWN, check_key, ch
 from worker.integration.kvp import KvpService
 from worker.integration.shutdown import ShutdownService
 from worker.integration.timesync import TimeSyncService
-from worker.vmbus.driver_protocol import check_driver_name
+from worker.vmbus.driver_protocol import DriverState, check_driver_name, driver_state
 from worker.vmbus.host_bus import VMBUS, HostBus
 
 
-class VmServices:
+class VirtualDevices:
     def __init__(self, worker):
         self.worker = worker
         self.log = worker.log
@@ -46,7 +48,7 @@ class VmServices:
         for dev in cfg.get("devices") or []:
             self.bus.add_device(dev["driver"], dev["instance_id"], dev.get("settings") or {})
         for driver, reason in (cfg.get("driver_failures") or {}).items():
-            self.bus.driver_state(driver, "Failed", reason)
+            self.bus.driver_state(driver, DriverState.FAILED, reason)
         self.com: dict[int, ComPort] = {}
         for number, path in (cfg.get("com_ports") or {}).items():
             if path:
@@ -156,16 +158,12 @@ class VmServices:
         if port is not None:
             port.write(data)
 
-    # --- worker ops ------------------------------------------------------------------------------
-    def ops(self) -> dict:
-        return {"kvp-get": self.op_kvp_get, "kvp-set": self.op_kvp_set,
-                "kvp-remove": self.op_kvp_remove,
-                "set-integration-service": self.op_set_integration_service,
-                "get-integration-services": lambda req: self.describe_services(),
-                "set-comport": self.op_set_comport, "add-device": self.op_add_device,
-                "remove-device": self.op_remove_device,
-                "get-devices": lambda req: self.bus.describe_devices(),
-                "driver-state": self.op_driver_state}
+    # --- worker ops (bound by name from worker/worker_defs.py WORKER_OPS) ------------------------
+    def op_get_integration_services(self, req):
+        return self.describe_services()
+
+    def op_get_devices(self, req):
+        return self.bus.describe_devices()
 
     def op_kvp_get(self, req):
         pool = get_str(req.args, "pool", "guest")
@@ -206,7 +204,7 @@ class VmServices:
 
     def op_driver_state(self, req):
         self.bus.driver_state(check_driver_name(get_str(req.args, "driver", max_len=32)),
-                              get_str(req.args, "state", max_len=32),
+                              driver_state(get_str(req.args, "state", max_len=32)),
                               get_str(req.args, "reason", "", max_len=1000))
         return {}
 
