@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 import setproctitle
 
 from hypervisor.runtime.errors import HvError
-from hypervisor.runtime.paths import Home
+from hypervisor.runtime.logging_setup import configure
 from hypervisor.runtime.packet_socket import close_fds, receive_messages, send_message
+from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile
+from parent.drivers import registry
+from parent.drivers.driver_api import PENDING, DriverChannel, DriverContext, DriverError, DriverRefused
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus import messages as m
 from worker.vmbus.ring import PacketType, RingProtocolError
@@ -42,27 +45,25 @@ from worker.vmbus.transport import ChannelEndpoint
 TICK = 0.1
 STATS_INTERVAL = 0.2
 PR_SET_PDEATHSIG = 1
-_HOME: Home | None = None
 
 
-def attempt_hypercall(op: str) -> dict:
+def attempt_hypercall(home: Home, op: str, args: dict | None = None) -> dict:
     """Call the hypervisor from this process with the credential it holds — none — and say
-    what the process was given (names of its environment variables)."""
-    from hypervisor.runtime.rpc_client import RpcClient
+    what the process was given (names of its environment variables). A driver reaches it as
+    `context.hypercall` (parent/drivers/driver_api.py `DriverContext`)."""
+    from hypervisor.runtime.rpc_client import RpcClient  # pyzmq only if a driver asks
     seen = {"environment": sorted(os.environ)}
-    if _HOME is None:
-        return {"ok": False, "code": "Unavailable", "message": "no home", **seen}
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:   # a sandboxed driver host cannot even reach the socket (DESIGN §9)
-        probe.connect(_HOME.hypercall_endpoint[len("ipc://"):])
+        probe.connect(home.hypercall_endpoint[len("ipc://"):])
     except OSError as exc:
         return {"ok": False, "code": "Unavailable",
                 "message": f"the hypercall socket cannot be reached: {exc}", **seen}
     finally:
         probe.close()
-    client = RpcClient(_HOME.hypercall_endpoint, auth=None, timeout=2.0, name="the hypervisor")
+    client = RpcClient(home.hypercall_endpoint, auth=None, timeout=2.0, name="the hypervisor")
     try:
-        result = client.call(op, {})
+        result = client.call(op, args or {})
         return {"ok": True, "result": repr(result)[:200], **seen}
     except HvError as err:
         return {"ok": False, "code": err.code, "message": err.message, **seen}
@@ -138,7 +139,6 @@ class DriverHost:
 
     # --- channels ------------------------------------------------------------------------------
     def _open(self, conn: WorkerConn, msg: dict, fds: list[int]) -> None:
-        from parent.drivers.driver_api import DriverChannel, DriverRefused
         cid = msg.get("channel_id")
         try:
             if not isinstance(cid, int) or cid in conn.channels:
@@ -230,7 +230,6 @@ class DriverHost:
                                             "reason": reason[:500]})
 
     def _request(self, served: Served, msg: m.Message) -> None:
-        from parent.drivers.driver_api import PENDING, DriverError
         ch = served.channel
         ch.requests += 1
         try:
@@ -400,18 +399,16 @@ class DriverHost:
                 pass
 
 
-def _load(name: str, vmms: socket.socket, log):
-    """The driver's instance, or None (vmms was told why)."""
-    from parent.drivers import registry
+def _load(name: str, home: Home, vmms: socket.socket, log):
+    """The driver's instance, constructed with its `DriverContext`, or None (vmms was told why)."""
+    context = DriverContext(name, log, hypercall=lambda op, a=None: attempt_hypercall(home, op, a))
     try:
-        driver = registry.load(name)()
+        return registry.load(name)(context)
     except Exception as exc:  # third-party code: anything can happen while importing it
         message = exc.message if isinstance(exc, HvError) else f"{type(exc).__name__}: {exc}"
         log.exception("driver_load_failed", error=message)
         send_message(vmms, {"t": "error", "message": message[:500]})
         return None
-    driver.name = name
-    return driver
 
 
 def serve_in_process(home_root: str, name: str, vmms: socket.socket, log) -> None:
@@ -428,7 +425,7 @@ def serve_in_process(home_root: str, name: str, vmms: socket.socket, log) -> Non
         send_message(vmms, {"t": "error", "message": err.message[:500]})
         return
     try:
-        driver = _load(name, vmms, log)
+        driver = _load(name, home, vmms, log)
         if driver is not None:
             DriverHost(home, name, driver, vmms, log).serve(in_process=True)
     finally:
@@ -437,7 +434,6 @@ def serve_in_process(home_root: str, name: str, vmms: socket.socket, log) -> Non
 
 
 def main(argv=None) -> None:
-    global _HOME
     ap = argparse.ArgumentParser(prog="python -m parent.drvhost")
     ap.add_argument("--home", required=True)
     ap.add_argument("--driver", required=True)
@@ -456,10 +452,9 @@ def main(argv=None) -> None:
     libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != args.parent:
         os._exit(1)  # vmms died before prctl took effect
-    home = _HOME = Home.resolve(args.home)
+    home = Home.resolve(args.home)
     vmms = socket.socket(fileno=args.vmms_fd)
     vmms.setblocking(False)
-    from hypervisor.runtime.logging_setup import configure
     log = configure(home.logs_dir, f"drvhost-{name}").bind(driver=name)
     pidfile = PidFile(home.driver_pidfile(name))
     try:
@@ -476,7 +471,7 @@ def main(argv=None) -> None:
             log.error("drvhost_sandbox_failed", error=str(exc))
             send_message(vmms, {"t": "error", "message": f"sandbox: {exc}"[:500]})
             raise SystemExit(4)
-        driver = _load(name, vmms, log)
+        driver = _load(name, home, vmms, log)
         if driver is None:
             raise SystemExit(3)
         DriverHost(home, name, driver, vmms, log).serve(listener=listener)

@@ -16,7 +16,9 @@ metadata — the built-in ones in hvemu's own pyproject.toml, a third party's in
 
 The entry point's name is the driver's name. Each driver runs alone in its own `drvhost <name>`
 process; it gets channels (one per device of a running VM), never a guest's memory, never a
-hypervisor credential. A request's answer is the dict `request()` returns (sent as the
+hypervisor credential. Everything else it may use comes as arguments, never from the driver
+host's internals: its constructor gets a `DriverContext` (its name, its logger, its hypercall
+access), each channel brings its device's `settings` (the string map given to add-vmdevice). A request's answer is the dict `request()` returns (sent as the
 completion with the request's transaction id), or `PENDING` when the driver will answer later
 with `channel.complete(txid, body)`. A file a device's settings name (a disk's `path`) is opened by the parent and
 handed over as a descriptor: `channel.take_file(path)`. A driver with a binary protocol sets `raw_packets` and
@@ -28,7 +30,9 @@ host restart (same transaction id), so handlers should be idempotent.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+import structlog
 
 VERSION_1_0 = 0x00010000
 PENDING = object()
@@ -84,16 +88,45 @@ class DriverChannel:
         self._host.send_completion(self, txid, kind, body)
 
 
-class Driver:
-    """Subclass and override. Class attributes declare what the driver is."""
+def _no_hypervisor(op: str, args: dict | None = None) -> dict:
+    return {"ok": False, "code": "Unavailable", "message": "not running in a driver host"}
 
-    name = ""                             # set by the driver host from the entry point
+
+class DriverContext:
+    """What the driver host hands its driver at construction (`Driver(context)`):
+
+    - `name` — the driver's name (its entry point's);
+    - `log` — a structlog logger bound to the driver, writing to the host's JSON log;
+    - `hypercall(op, args=None)` — call the hypervisor with what the driver host holds: no
+      credential, so the answer is the hypervisor's refusal. A dict: {"ok": True, "result"} or
+      {"ok": False, "code", "message"}, plus "environment" (the names the host process was
+      given), so a driver can show what it can and cannot reach.
+
+    Without a driver host (unit tests) it has an unbound logger and no hypervisor."""
+
+    def __init__(self, name: str = "", log: Any = None,
+                 hypercall: Callable[..., dict] = _no_hypervisor):
+        self.name = name
+        self.log = log if log is not None else structlog.get_logger().bind(driver=name)
+        self.hypercall = hypercall
+
+
+class Driver:
+    """Subclass and override. Class attributes declare what the driver is. A subclass with its
+    own `__init__` takes the context and passes it on: `super().__init__(context)`."""
+
+    name = ""                             # the context's name once constructed
     version = "0"
     class_id = ""                         # the device class (VMBus class id) it serves
     protocol_versions: tuple[int, ...] = (VERSION_1_0,)
     ring_size = 256 * 1024                # bytes of each ring of its channels
     buffer_size = 0                       # bytes of a shared data buffer per channel (pages)
     raw_packets = False                   # True: packet() gets every packet undecoded
+
+    def __init__(self, context: DriverContext | None = None):
+        self.context = context if context is not None else DriverContext(type(self).name)
+        self.name = self.context.name
+        self.log = self.context.log
 
     def open(self, channel: DriverChannel) -> None:
         """A guest opened a device of this class. Raise DriverRefused to decline."""

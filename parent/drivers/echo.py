@@ -1,13 +1,14 @@
 """The built-in example driver: a synthetic echo device (class `echo`).
 
 Requests: `request {seq, data}` answers `{seq, data}` unchanged; `count` answers how many
-requests this channel has served; `hypercall {op}` tries a hypercall with whatever credential
-the driver host holds (it holds none: the answer is the hypervisor's refusal). One-way
+requests this channel has served; `hypercall {op}` tries a hypercall through its context with
+whatever credential the driver host holds (it holds none: the answer is the hypervisor's
+refusal). One-way
 `sink {data}` messages are counted (throughput measurements).
 """
 from __future__ import annotations
 
-from parent.drivers.driver_api import Driver, DriverChannel, DriverError
+from parent.drivers.driver_api import Driver, DriverChannel, DriverContext, DriverError
 
 
 class EchoDriver(Driver):
@@ -15,7 +16,8 @@ class EchoDriver(Driver):
     class_id = "echo"
     ring_size = 4 << 20   # room for 1 MiB messages
 
-    def __init__(self):
+    def __init__(self, context: DriverContext | None = None):
+        super().__init__(context)
         self.sunk = 0
         self.served = 0
 
@@ -30,8 +32,7 @@ class EchoDriver(Driver):
         if kind == "count":
             return {"count": channel.state}
         if kind == "hypercall":
-            from parent.drvhost import attempt_hypercall
-            return attempt_hypercall(str(body.get("op", "get-host-info")))
+            return self.context.hypercall(str(body.get("op", "get-host-info")))
         raise DriverError(f"echo does not handle {kind!r}")
 
     def message(self, channel: DriverChannel, kind: str, body: dict) -> None:

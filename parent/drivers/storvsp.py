@@ -45,7 +45,7 @@ import uuid
 from dataclasses import dataclass
 
 from hypervisor.runtime.errors import HvError
-from parent.drivers.driver_api import Driver, DriverChannel, DriverRefused
+from parent.drivers.driver_api import Driver, DriverChannel, DriverContext, DriverRefused
 from parent.storage.disk_backend import DiskBackend, open_disk
 from worker.vmbus import storvsp_protocol as sp
 from worker.vmbus.ring import PacketType
@@ -118,7 +118,8 @@ class StorvspDriver(Driver):
     buffer_size = 8 << 20
     raw_packets = True
 
-    def __init__(self):
+    def __init__(self, context: DriverContext | None = None):
+        super().__init__(context)
         self.disks = OpenDisks()
         self.by_vm: dict[str, dict[str, int]] = {}
         self.requests = 0
