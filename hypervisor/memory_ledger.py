@@ -19,8 +19,6 @@ rounding can never break the invariant Σ assigned + root reserve ≤ capacity.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hypervisor.hypercall_defs import GRANULE, MIB, MemorySettings, check_size, is_int
 from hypervisor.hypercall_defs import check_running_change  # noqa: F401 (tests reach it here too)
 from hypervisor.runtime.errors import HvError

@@ -31,7 +31,7 @@ class Client:
             if not holder_pid(self.home.pidfile("vmms")):
                 raise HvError("Unavailable", f"the host at {self.home.root} is not running "
                                              "(start it with: hvctl host up)")
-            from hypervisor.runtime.rpc_client import RpcClient
+            from hypervisor.runtime.rpc_client import RpcClient  # hvctl start time: pyzmq only once a daemon is called
             self._rpc = RpcClient(self.home.control_endpoint, timeout=self.timeout, name="vmms")
         return self._rpc
 
@@ -86,7 +86,7 @@ class EventStream:
         raise HvError("Timeout", "vmms did not confirm the event subscription")
 
     def _receive(self, timeout: float):
-        from hypervisor.runtime import wire
+        from hypervisor.runtime import wire  # hvctl start time: msgpack only for an event stream
         if not self.sock.poll(max(1, int(timeout * 1000))):
             return None
         frames = self.sock.recv_multipart()

@@ -45,7 +45,7 @@ def _wait_ready(home: Home, proc: subprocess.Popen, name: str, ping) -> None:
 
 
 def hv_client(home: Home, timeout: float = 2.0):
-    from hypervisor.runtime.rpc_client import RpcClient
+    from hypervisor.runtime.rpc_client import RpcClient  # hvctl start time: pyzmq only once a daemon is called
     cred = home.root_credential_file.read_text().strip()
     return RpcClient(home.hypercall_endpoint, auth=cred, timeout=timeout, name="the hypervisor")
 
@@ -62,7 +62,7 @@ def _ping_hypervisor(home: Home) -> None:
 
 
 def _ping_vmms(home: Home) -> None:
-    from parent.client import Client
+    from parent.client import Client  # hvctl start time: only `host up` / `down` need it
     c = Client(home, timeout=0.5)
     try:
         c.call("ping")
@@ -163,7 +163,7 @@ def host_down(home: Home) -> dict:
     stopped = []
     vmms = holder_pid(home.pidfile("vmms"))
     if vmms:
-        from parent.client import Client
+        from parent.client import Client  # hvctl start time: only `host down` needs it here
         c = Client(home, timeout=STOP_WAIT)
         try:
             c.call("host-shutdown")
@@ -173,7 +173,7 @@ def host_down(home: Home) -> dict:
             c.close()
         _stop(vmms, STOP_WAIT)
         stopped.append("vmms")
-    from parent.worker_supervisor import find_live_workers
+    from parent.worker_supervisor import find_live_workers  # hvctl start time: pulls in pyzmq
     for pid in find_live_workers(home)[0].values():  # workers that outlived a dead vmms
         try:
             os.kill(pid, signal.SIGKILL)

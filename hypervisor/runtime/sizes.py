@@ -29,6 +29,3 @@ def parse_size(text: str) -> int:
         raise HvError("BadRequest", f"size {text!r} must be a whole, non-negative number of bytes")
     return int(value)
 
-
-def format_mb(n: int) -> str:
-    return f"{n // (1 << 20)} MB"

@@ -162,11 +162,6 @@ class BlockAllocationTable:
         value = self._table[block + block // self.ratio]
         return value & STATE_MASK, value & OFFSET_MASK
 
-    def present_blocks(self) -> int:
-        """How many payload blocks are FULLY_PRESENT."""
-        return sum(1 for b in range(self.params.payload_blocks)
-                   if self.lookup(b)[0] == FULLY_PRESENT)
-
     # -- changes ------------------------------------------------------------------------------
 
     def sectors_for(self, updates: dict[int, int]) -> list[tuple[int, bytes]]:
