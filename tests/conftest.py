@@ -158,11 +158,18 @@ def home():
 
 
 @pytest.fixture
-def host(request):
+def own_host(request):
     """A running host in a fresh temporary home, torn down after the test."""
     h = start_host(short_home(), "--host-memory", "4GB", "--root-reserve", "256MB")
     yield h
     stop_host(h, request)
+
+
+@pytest.fixture
+def host(own_host):
+    """The test's own host (`own_host`). A module whose tests need only a running host overrides
+    `host` with `vm_host`; a test there that kills a daemon asks for `own_host`."""
+    return own_host
 
 
 DRIVER_MODELS = ("microkernel", "monolithic")
@@ -187,6 +194,20 @@ def shared_host(request):
     h = start_host(short_home(), "--host-memory", "4GB", "--root-reserve", "256MB")
     yield h
     stop_host(h)
+
+
+@pytest.fixture
+def vm_host(shared_host, request):
+    """The module's shared host for one test that needs only a running host: the daemons are
+    shared, the VMs are not — every VM the test made is removed (turned off first) afterwards.
+    A test that kills or stops a daemon takes `host` (its own) instead."""
+    yield shared_host
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+        print(shared_host.logs())
+    vms = shared_host.call("get-vm")
+    done = shared_host.client.call_many([("remove-vm", {"vm": vm["Id"], "force": True}) for vm in vms])
+    errors = [r for r in done if isinstance(r, Exception)]
+    assert not errors, f"removing the test's VMs failed: {errors}"
 
 
 os.environ.pop("HVEMU_HOME", None)

@@ -26,6 +26,7 @@ MAX_LAUNCH = 4 << 20   # a launch carries the VM's host KVP pool: up to 1024 ite
 
 
 def serve(sock: socket.socket) -> None:
+    # The preload is the fork-server's point, done here so that importing this module stays cheap:
     from worker.vmwp import worker_main  # preload: every fork inherits these pages
     import hypervisor.runtime.rpc_client, hypervisor.runtime.rpc_server, hypervisor.runtime.logging_setup  # noqa: F401,E401
     import zmq  # noqa: F401  (imported, never instantiated here)

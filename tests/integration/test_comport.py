@@ -3,7 +3,6 @@ a `command:` program's stdin/stdout, or the guest runtime's own console — and 
 that leaves, a second one, one that never reads) ever blocks the guest."""
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -14,6 +13,12 @@ import pytest
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def host(vm_host):
+    """These tests need only a running host: they share the module's (tests/conftest.py)."""
+    return vm_host
 
 
 def connect(path) -> socket.socket:
@@ -78,10 +83,11 @@ def test_a_client_that_never_reads_does_not_block_the_guest(host, tmp_path):
     host.call("set-vmcomport", vm="c2", number=1, path=str(path))
     host.start("c2")
     lazy = connect(path)                          # connected, never reads
-    time.sleep(0.2)                               # let the guest write far more than any buffer
-    before = os.path.getsize(host.home / "vms" / host.vm("c2")["Id"] / "console.log")
-    wait_until(lambda: os.path.getsize(host.home / "vms" / host.vm("c2")["Id"] / "console.log") > before,
-               5, what="the guest keeps writing")
+    log = host.home / "vms" / host.vm("c2")["Id"] / "console.log"
+    # the guest has written far more than any socket buffer between it and the client holds
+    before = wait_until(lambda: log.exists() and (n := log.stat().st_size) > 1 << 20 and n, 10,
+                        what="1 MiB of console output")
+    wait_until(lambda: log.stat().st_size > before, 5, what="the guest keeps writing")
     assert host.vm("c2")["Heartbeat"] == "OkApplicationsUnknown"
     lazy.close()
     rc, out, _ = host.hvctl("stop-vm", "c2")

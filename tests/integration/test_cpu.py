@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from tests.conftest import wait_until
+from tests.helpers.host_views import hv_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +52,7 @@ def test_cap_holds_a_cpu_burner_to_its_maximum(host):
 
 
 def ledger(host) -> dict:
-    from hypervisor.runtime.paths import Home
-    from parent.host_control import hv_client
-    c = hv_client(Home.resolve(host.home))
-    try:
-        return {p["name"]: p["cpu"] for p in c.call("list-partitions")}
-    finally:
-        c.close()
+    return {p["name"]: p["cpu"] for p in hv_partitions(host)}
 
 
 def test_weights_split_spare_time(host):

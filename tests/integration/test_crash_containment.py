@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.conftest import alive, wait_until
+from tests.helpers.host_views import hv_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -20,13 +21,7 @@ def running_pair(host, *names):
 
 
 def partitions(host) -> dict:
-    from parent.host_control import hv_client
-    from hypervisor.runtime.paths import Home
-    c = hv_client(Home.resolve(host.home))
-    try:
-        return {p["vm_id"]: p for p in c.call("list-partitions")}
-    finally:
-        c.close()
+    return {p["vm_id"]: p for p in hv_partitions(host)}
 
 
 def test_kill_worker_turns_only_that_vm_off(host):

@@ -9,14 +9,22 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 
 import pytest
 
 from tests.conftest import HVCTL, ROOT, wait_until
+from tests.helpers.vhdx_files import patch_bytes, qemu_img, qemu_info, set_bat
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def host(vm_host):
+    """These tests need only a running host: they share the module's (tests/conftest.py)."""
+    return vm_host
+
+
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-img") is None,
                                 reason="qemu-img (Debian qemu-utils) is not installed")
 
@@ -43,16 +51,6 @@ def refused(host, *args, code: str) -> str:
     assert out["error"]["code"] == code, out
     assert err.startswith(f"hvctl: {code}: ")
     return out["error"]["message"]
-
-
-def qemu_img(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=60)
-
-
-def qemu_info(path) -> dict:
-    done = qemu_img("info", "-f", "vhdx", "--output=json", str(path))
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def digest(path) -> tuple[str, int]:
@@ -106,23 +104,11 @@ def test_qemu_created_disks_are_accepted_and_attach(host, tmp_path, options, kin
     assert digest(path) == before  # looking at a disk and attaching it write nothing
 
 
-def set_bat(path, index, value):
-    with open(path, "r+b") as f:
-        f.seek(2 * MIB + 8 * index)  # hvemu's layout: the BAT at 2 MiB
-        f.write(struct.pack("<Q", value))
-
-
-def patch(path, offset, data):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-
-
 DAMAGE = {  # name -> (damage, words the refusal must contain)
-    "signature": (lambda p: patch(p, 0, b"vhdXfile"), "not a VHDX file"),
-    "header CRCs": (lambda p: (patch(p, 64 * 1024 + 200, b"\1"), patch(p, 128 * 1024 + 200, b"\1")),
+    "signature": (lambda p: patch_bytes(p, 0, b"vhdXfile"), "not a VHDX file"),
+    "header CRCs": (lambda p: (patch_bytes(p, 64 * 1024 + 200, b"\1"), patch_bytes(p, 128 * 1024 + 200, b"\1")),
                     "no valid VHDX header"),
-    "region table CRC": (lambda p: patch(p, 192 * 1024 + 30, b"\x07"),
+    "region table CRC": (lambda p: patch_bytes(p, 192 * 1024 + 30, b"\x07"),
                          "region table 1 has a bad checksum"),
     "BAT past EOF": (lambda p: set_bat(p, 2, 7 * MIB | 6), "past the end of the file"),
     "truncated": (lambda p: os.truncate(p, 3 * MIB // 2), "truncated"),
@@ -262,7 +248,8 @@ def test_start_refuses_a_disk_that_is_corrupt_or_in_use(host, tmp_path):
     assert "no such file" in refused(host, "start-vm", "s", code="NotFound")
 
 
-def test_drive_configurations_survive_a_vmms_kill(host, tmp_path):
+def test_drive_configurations_survive_a_vmms_kill(own_host, tmp_path):
+    host = own_host
     paths = [str(tmp_path / f"p{i}.vhdx") for i in range(3)]
     for p in paths:
         host.hvctl("new-vhd", p, "--size-bytes", "8MB")

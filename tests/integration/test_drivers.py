@@ -12,33 +12,12 @@ import pytest
 
 from hypervisor.runtime.paths import Home
 from tests.conftest import DRIVER_MODELS, alive, host_in_model, wait_until
+from tests.helpers.host_views import driver, hv_partitions, kvp, progress, summary
 
 pytestmark = pytest.mark.integration
 
 # every test here runs on a host of each driver model (tests/conftest.py host_in_model)
 host = pytest.fixture(params=DRIVER_MODELS, name="host")(host_in_model)
-
-
-def kvp(host, name) -> dict:
-    return host.call("get-vmkvp", vm=name)
-
-
-def summary(host, name) -> dict | None:
-    """The device-stream program's final report, parsed; None while it still runs."""
-    text = kvp(host, name).get("device-stream")
-    if not text:
-        return None
-    if text.startswith("error"):
-        return {"error": text}
-    return {k: float(v) for k, v in (item.split("=") for item in text.split()[1:])}
-
-
-def progress(host, name) -> int:
-    return int(kvp(host, name).get("device-stream-progress", "0"))
-
-
-def driver(host, name) -> dict:
-    return next(d for d in host.call("get-vmhostdriver") if d["Name"] == name)
 
 
 def vm_with_device(host, name, driver_name, guest):
@@ -49,12 +28,7 @@ def vm_with_device(host, name, driver_name, guest):
 
 
 def partitions(host) -> dict:
-    from parent.host_control import hv_client
-    c = hv_client(Home.resolve(host.home))
-    try:
-        return {p["vm_id"]: p["memory"]["assigned"] for p in c.call("list-partitions")}
-    finally:
-        c.close()
+    return {p["vm_id"]: p["memory"]["assigned"] for p in hv_partitions(host)}
 
 
 @pytest.mark.microkernel_only

@@ -12,6 +12,13 @@ from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def host(vm_host):
+    """These tests need only a running host: they share the module's (tests/conftest.py)."""
+    return vm_host
+
+
 NAMES = ["Heartbeat", "Shutdown", "Key-Value Pair Exchange", "Time Synchronization"]
 
 

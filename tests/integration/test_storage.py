@@ -13,6 +13,7 @@ import pytest
 
 from parent.control.disk_ops import lock_holders
 from tests.conftest import DRIVER_MODELS, host_in_model, wait_until
+from tests.helpers.host_views import kvp
 from worker.guest import disk_pattern
 
 pytestmark = [pytest.mark.integration,
@@ -28,10 +29,6 @@ def run(*cmd) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}{proc.stdout}"
     return proc.stdout
-
-
-def kvp(host, name) -> dict:
-    return host.call("get-vmkvp", vm=name)
 
 
 def result(host, name, key, timeout=30.0) -> str:

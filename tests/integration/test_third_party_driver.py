@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from tests.conftest import wait_until
-from tests.integration.test_drivers import driver, kvp, summary
+from tests.helpers.host_views import driver, kvp, summary
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.conftest import wait_until
-from tests.integration.test_drivers import driver, progress, summary
+from tests.helpers.host_views import driver, progress, summary
 from worker.vmbus.driver_client import DriverConnection
 from worker.vmbus.ring import HEADER_SIZE, PacketType
 from worker.vmbus.transport import ring_doorbell

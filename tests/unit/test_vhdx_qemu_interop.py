@@ -3,7 +3,6 @@ written by hvemu, files hvemu writes pass `qemu-img check` and read back in qemu
 log left by qemu is replayed (and one left by hvemu is replayed by qemu). Skipped without qemu."""
 from __future__ import annotations
 
-import json
 import shutil
 import struct
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 from parent.storage.vhdx import create, open as open_vhdx
 from parent.storage.vhdx.layout import GIB, HEADER_OFFSETS, MIB, ZERO_GUID, Header
 from parent.storage.vhdx.log import LogWriter
+from tests.helpers.vhdx_files import qemu_info
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which("qemu-io") is None,
                                 reason="qemu-img / qemu-io are not installed")
@@ -29,10 +29,6 @@ def run(*args, check=True) -> subprocess.CompletedProcess:
 def qemu_check(path) -> None:
     done = run("qemu-img", "check", "-f", "vhdx", path, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def qemu_info(path) -> dict:
-    return json.loads(run("qemu-img", "info", "-f", "vhdx", "--output=json", path).stdout)
 
 
 def qemu_raw(path, tmp_path) -> bytes:

@@ -19,15 +19,10 @@ from parent.storage.vhdx.checksum import seal
 from parent.storage.vhdx.layout import HEADER_OFFSETS, MIB, REGION_TABLE_OFFSETS, Header
 from parent.storage.vhdx.log import build_entry
 from parent.storage.vhdx.metadata import PARENT_LOCATOR_GUID
+from tests.helpers.vhdx_files import patch_bytes, set_bat
 
 BAT = 2 * MIB  # layout of create(path, 8 MiB, block_size=1 MiB): log 1 MiB, BAT, metadata
 META = 3 * MIB
-
-
-def patch_bytes(path, offset, data):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
 
 
 def read_bytes(path, offset, n):
@@ -49,10 +44,6 @@ def rewrite_region_tables(path, mutate):
     seal(table, 4)
     for slot in REGION_TABLE_OFFSETS:
         patch_bytes(path, slot, table)
-
-
-def set_bat(path, index, value):
-    patch_bytes(path, BAT + 8 * index, struct.pack("<Q", value))
 
 
 def set_item(path, entry, value: bytes):
