@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from worker.integration.ic_defs import NAMES
+from worker.integration import ic_defs
 
 if TYPE_CHECKING:
     from parent.vm_record import VmRecord
@@ -51,5 +51,4 @@ def vm_devices(rec: "VmRecord") -> list[dict]:
 
 def enabled_services(rec: "VmRecord") -> dict[str, bool]:
     """Every integration service by name: enabled (the default) or not."""
-    wanted = rec.config.get("integration_services") or {}
-    return {name: bool(wanted.get(name, True)) for name in NAMES}
+    return ic_defs.enabled_services(rec.config.get("integration_services"))

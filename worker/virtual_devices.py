@@ -5,8 +5,7 @@ by parent-hosted drivers, and its COM ports — everything a VM has besides its 
 `VirtualDevices` is owned by the `Worker` (worker/vmwp.py). It watches its own descriptors
 through the worker's poller (`fds`: fd → callback), answers the worker ops that concern it
 (its `op_*` methods, bound from worker/worker_defs.py `WORKER_OPS`), and is told when the guest
-is gone. Configuration comes from
-the launch config vmms sends: `integration_services` {name: enabled}, `kvp_host` {key: value},
+is gone. Configuration comes from the launch config vmms sends: `integration_services` {name: enabled}, `kvp_host` {key: value},
 `devices` [{driver, instance_id, settings}], `com_ports` {"1": path, "2": path},
 `driver_failures` {driver: reason}.
 """
@@ -18,7 +17,8 @@ from hypervisor.runtime.arg_checks import get_bool, get_int, get_map, get_str
 from hypervisor.runtime.errors import HvError
 from worker.comport import ComPort, check_path
 from worker.integration.heartbeat import HeartbeatService
-from worker.integration.ic_defs import HEARTBEAT, NAMES, SHUTDOWN, check_key, check_value, service_name
+from worker.integration.ic_defs import (HEARTBEAT, NAMES, SHUTDOWN, check_key, check_value, enabled_services,
+                                        service_name)
 from worker.integration.kvp import KvpService
 from worker.integration.shutdown import ShutdownService
 from worker.integration.timesync import TimeSyncService
@@ -40,8 +40,7 @@ class VirtualDevices:
         self.kvp = KvpService(self.log, cfg.get("kvp_host") or {})
         self.timesync = TimeSyncService(self.log)
         self.ics = {s.name: s for s in (self.heartbeat, self.shutdown, self.kvp, self.timesync)}
-        wanted = cfg.get("integration_services") or {}
-        self.enabled = {name: bool(wanted.get(name, True)) for name in NAMES}
+        self.enabled = enabled_services(cfg.get("integration_services"))
         for name, service in self.ics.items():
             if self.enabled[name]:
                 self.bus.add_service(service)

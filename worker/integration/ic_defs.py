@@ -41,6 +41,13 @@ KVP_MAX_ITEMS = 1024
 KVP_BATCH_BYTES = 48 * 1024      # items per message stay well inside one ring packet
 
 
+def enabled_services(wanted: dict | None) -> dict[str, bool]:
+    """Every service by name: enabled unless the VM's configuration (`integration_services`
+    {name: enabled}) turns it off. vmms and the worker both read the configuration through this."""
+    wanted = wanted or {}
+    return {name: bool(wanted.get(name, True)) for name in NAMES}
+
+
 def service_name(name) -> str:
     """The canonical service name for `name` (case-insensitive), or BadRequest listing them."""
     if isinstance(name, str):
