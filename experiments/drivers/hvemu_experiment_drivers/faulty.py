@@ -12,7 +12,8 @@ from hvemu_experiment_drivers.serving import StreamServing
 class FaultyUpdateDriver(StreamServing):
     class_id = "faulty-update"
 
-    def __init__(self):
+    def __init__(self, context=None):
+        super().__init__(context)
         self.armed = False
 
     def request(self, channel, kind, body):
