@@ -126,10 +126,6 @@ class DriverHost:
     # --- setup ---------------------------------------------------------------------------------
     def listen(self) -> socket.socket:
         return listen(self.home, self.name)
-        try:
-            os.unlink(path)  # we hold the pid-file lock: any socket file here is stale
-        except FileNotFoundError:
-            pass
 
     def info(self) -> dict:
         d = self.driver
