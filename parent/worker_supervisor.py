@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +31,18 @@ _ids = itertools.count(1)
 
 
 class ForkServer:
+    """The worker fork-server's client. A fork-server that died (kill -9) or hangs (SIGSTOP)
+    is replaced by a fresh one (fork+exec, safe while vmms has a ZeroMQ context) and the launch
+    is tried once more on it; each exchange is bounded by LAUNCH_TIMEOUT."""
+
+    LAUNCH_TIMEOUT = 2.0
+
     def __init__(self, home: Home):
+        self.home = home
+        self._spawn()
+
+    def _spawn(self) -> None:
+        home = self.home
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.forkserver", str(theirs.fileno()), str(home.root)],
@@ -38,18 +50,36 @@ class ForkServer:
             stdout=open(home.logs_dir / "forkserver.out", "ab"), stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         theirs.close()
-        ours.settimeout(10.0)
+        ours.settimeout(self.LAUNCH_TIMEOUT)
         self.sock = ours
 
-    def launch(self, launch: dict) -> int:
+    def _replace(self) -> None:
+        self.sock.close()
+        self.proc.kill()   # dead already, or hung: either way it is replaced
         try:
-            send_msg(self.sock, {"launch": launch})
-            reply = recv_msg(self.sock)
-        except OSError as exc:
-            raise HvError("Internal", f"the worker fork-server failed: {exc}") from None
-        if not isinstance(reply, dict) or "pid" not in reply:
-            raise HvError("Internal", f"the worker fork-server refused: {reply!r}")
-        return int(reply["pid"])
+            self.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self._spawn()
+
+    def launch(self, launch: dict) -> int:
+        for attempt in (1, 2):
+            if self.proc.poll() is not None:
+                self._replace()
+            try:
+                send_msg(self.sock, {"launch": launch})
+                reply = recv_msg(self.sock)
+                if reply is None:
+                    raise OSError("the fork-server closed its socket")
+            except (OSError, ValueError) as exc:
+                if attempt == 2:
+                    raise HvError("Unavailable", f"the worker fork-server failed twice: {exc}") from None
+                self._replace()
+                continue
+            if not isinstance(reply, dict) or "pid" not in reply:
+                raise HvError("Internal", f"the worker fork-server refused: {reply!r}")
+            return int(reply["pid"])
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self.sock.close()
@@ -110,6 +140,13 @@ class WorkerHandle:
             else:
                 entry[0](False, HvError.from_wire(env.get("error")))
 
+    def signal(self, sig: int) -> None:
+        """Signal the worker through its pidfd: a reused pid number can never be hit."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except (ProcessLookupError, OSError):
+            pass
+
     def expire(self, now: float) -> None:
         for req_id, (callback, deadline) in list(self.pending.items()):
             if now >= deadline:
@@ -127,6 +164,24 @@ class WorkerHandle:
             os.close(self.pidfd)
         except OSError:
             pass
+
+
+def signal_worker(home: Home, vm_id: str, pid: int, sig: int) -> bool:
+    """Signal the worker of `vm_id` found by its pid file, through a pidfd taken while it still
+    holds its pid-file lock (so the number cannot have been reused by then). True if sent."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return False
+    try:
+        if holder_pid(home.worker_pidfile(vm_id)) != pid:
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except (ProcessLookupError, OSError):
+        return False
+    finally:
+        os.close(pidfd)
 
 
 def find_live_workers(home: Home) -> tuple[dict[str, int], list[Path]]:
