@@ -439,7 +439,8 @@ class Vmms:
             "MemoryStartup": cfg["memory"]["startup"],
             "DynamicMemoryEnabled": cfg["memory"]["dynamic"],
             "ProcessorCount": cfg["processor"]["count"],
-            "Uptime": round(uptime, 3), "Heartbeat": heartbeat,
+            # None while a reattached worker has not told its status yet: unknown, not 0
+            "Uptime": None if rec.worker and not st else round(uptime, 3), "Heartbeat": heartbeat,
             "WorkerProcessId": rec.worker.pid if rec.worker else None,
             "GuestProcessId": st.get("guest_pid") if rec.worker else None,
             "SandboxUid": st.get("sandbox_uid") if rec.worker else None,
