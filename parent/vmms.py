@@ -509,6 +509,7 @@ class Vmms:
                     try:
                         self.expire_waiters()
                         self.hv.expire(now)
+                        self.forkserver.ensure()
                         self.drivers.tick(now)
                     except Exception:
                         self.log.exception("loop_timer_failed")

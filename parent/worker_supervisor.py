@@ -36,6 +36,7 @@ class ForkServer:
     is tried once more on it; each exchange is bounded by LAUNCH_TIMEOUT."""
 
     LAUNCH_TIMEOUT = 2.0
+    FRESH_TIMEOUT = 15.0   # a fresh fork-server first imports the worker code, then answers
 
     def __init__(self, home: Home):
         self.home = home
@@ -50,8 +51,15 @@ class ForkServer:
             stdout=open(home.logs_dir / "forkserver.out", "ab"), stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         theirs.close()
-        ours.settimeout(self.LAUNCH_TIMEOUT)
+        ours.settimeout(self.FRESH_TIMEOUT)
         self.sock = ours
+        self.fresh = True
+
+    def ensure(self) -> None:
+        """From vmms's timer: a fork-server that died is replaced at once (non-blocking), so it
+        has imported the worker code before the next start-vm needs it."""
+        if self.proc.poll() is not None:
+            self._replace()
 
     def _replace(self) -> None:
         self.sock.close()
@@ -76,6 +84,9 @@ class ForkServer:
                     raise HvError("Unavailable", f"the worker fork-server failed twice: {exc}") from None
                 self._replace()
                 continue
+            if self.fresh:
+                self.fresh = False
+                self.sock.settimeout(self.LAUNCH_TIMEOUT)
             if not isinstance(reply, dict) or "pid" not in reply:
                 raise HvError("Internal", f"the worker fork-server refused: {reply!r}")
             return int(reply["pid"])
