@@ -8,7 +8,6 @@ import time
 
 from hypervisor import hypercall_defs as hc
 from hypervisor.driver_model import DISPLAY as DRIVER_MODELS
-from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.pidfile import holder_pid
 from hypervisor.runtime.rpc_server import DEFERRED
 from parent.control.op_table import control_op
