@@ -83,7 +83,7 @@ def _choose_driver_model(home: Home, wanted: str | None) -> str:
     return wanted
 
 
-HOST_SETTINGS = "host.json"
+HOST_SETTINGS = "host-memory.json"   # (host.json holds the driver model: hypervisor/driver_model.py)
 
 
 def host_settings(home: Home, host_memory: int | None, root_reserve: int | None) -> dict:
