@@ -27,6 +27,8 @@ rest of the period, so reserves and fair shares follow demand within one tick.
 Enforcement: a partition runs until its consumption in the period reaches its entitlement minus
 debt; it is then stopped until the period ends. Overrun (ticks are discrete, so consumption
 overshoots) becomes debt carried into later periods, so the long-run average meets the cap.
+Debt is capped at one period of the partition's VPs (count × period), so a late or hung tick
+never holds a partition stopped for more than about a period afterwards.
 Unused entitlement is not banked. A partition whose rate is its full Count cannot outrun its
 entitlement, so it is never stopped (an uncontended partition with Maximum 100) and its debt,
 which can only be measurement noise, is forgiven.
@@ -279,7 +281,11 @@ class CpuScheduler:
             p.history.append((t - self._start, entitled, p.consumed, p.throttled))
             for i, v in enumerate((entitled, p.consumed, p.throttled)):
                 p.totals[i] += v
-            p.debt = max(0.0, p.debt + p.consumed - entitled)
+            # Debt is bounded by one period of the partition's VPs: overrun beyond that was not
+            # the partition's doing but the shell's (a late or hung tick: a loaded host, a
+            # SIGSTOPped hypervisor), and repaying it would hold the partition stopped for
+            # seconds once the shell runs again (issue 9: the memory-step stall under load).
+            p.debt = min(max(0.0, p.debt + p.consumed - entitled), p.settings.count * self.period)
             # Entitled to nothing (just resumed, Maximum 0, starved) also counts as wanting.
             # Runnable but starved by the host (run-queue wait) is wanting too: without it a
             # partition crowded out by load outside the partitions looks idle and loses its share.

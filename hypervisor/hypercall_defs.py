@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.limits import MAX_MEMORY_BYTES
 
 MIB = 1024 * 1024
 GRANULE = 2 * MIB          # every memory size is a multiple of this
@@ -87,8 +88,9 @@ def is_int(value: object) -> bool:
 
 
 def check_size(field: str, value: object) -> None:
-    if not is_int(value) or value <= 0 or value % GRANULE:
-        raise HvError("BadRequest", f"{field} must be a positive multiple of 2 MiB, got {value!r}")
+    if not is_int(value) or value <= 0 or value % GRANULE or value > MAX_MEMORY_BYTES:
+        raise HvError("BadRequest", f"{field} must be a positive multiple of 2 MiB of at most "
+                                    f"{MAX_MEMORY_BYTES >> 30} GiB, got {value!r}")
 
 
 @dataclass(frozen=True)

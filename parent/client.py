@@ -71,6 +71,8 @@ class EventStream:
         self.timeout = timeout
         self.sock = zmq.Context.instance().socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
+        from hypervisor.runtime import wire
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
         self.sock.setsockopt(zmq.SUBSCRIBE, f"vm.{vm_id}.".encode() if vm_id else b"vm.")
         self.sock.connect(home.events_endpoint)
         self.backlog: list = []

@@ -59,7 +59,7 @@ class ConfigStore:
     def remove(self, vm_id: str) -> None:
         """Delete the configuration; files the user put in the folder (disks) stay."""
         folder = self.home.vm_dir(vm_id)
-        for name in (CONFIG_NAME, "console.log"):
+        for name in (CONFIG_NAME, "console.log", *(f"console.log.{n}" for n in range(1, 10))):
             (folder / name).unlink(missing_ok=True)
         try:
             folder.rmdir()

@@ -83,12 +83,37 @@ def _choose_driver_model(home: Home, wanted: str | None) -> str:
     return wanted
 
 
+HOST_SETTINGS = "host-memory.json"   # (host.json holds the driver model: hypervisor/driver_model.py)
+
+
+def host_settings(home: Home, host_memory: int | None, root_reserve: int | None) -> dict:
+    """The host's settings: what this `host up` was given, else what an earlier one was given
+    (kept in the home), so a hypervisor restarted after a crash gets the same pool."""
+    import json
+    path = home.root / HOST_SETTINGS
+    try:
+        saved = json.loads(path.read_text())
+        saved = saved if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        saved = {}
+    settings = {"host_memory": saved.get("host_memory"), "root_reserve": saved.get("root_reserve")}
+    given = {"host_memory": host_memory, "root_reserve": root_reserve}
+    changed = {k: v for k, v in given.items() if v is not None and v != settings[k]}
+    if changed:
+        from parent.config_store import write_atomic
+        settings.update(changed)
+        write_atomic(path, json.dumps(settings, sort_keys=True).encode())
+    return {k: v for k, v in settings.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None = None,
             model: str | None = None) -> dict:
     from hypervisor.runtime import isolation
     home.ensure()
     model = _choose_driver_model(home, model)
     driver_model.save(home, model)
+    settings = host_settings(home, host_memory, root_reserve)
+    host_memory, root_reserve = settings.get("host_memory"), settings.get("root_reserve")
     started = []
     booted = False
     iso = None
@@ -173,13 +198,10 @@ def host_down(home: Home) -> dict:
             c.close()
         _stop(vmms, STOP_WAIT)
         stopped.append("vmms")
-    from parent.worker_supervisor import find_live_workers  # hvctl start time: pulls in pyzmq
-    for pid in find_live_workers(home)[0].values():  # workers that outlived a dead vmms
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        _wait_gone(pid, 3.0)
+    from parent.worker_supervisor import find_live_workers, signal_worker  # hvctl start time: pulls in pyzmq
+    for vm_id, pid in find_live_workers(home)[0].items():  # workers that outlived a dead vmms
+        if signal_worker(home, vm_id, pid, signal.SIGKILL):
+            _wait_gone(pid, 3.0)
     hv = holder_pid(home.pidfile("hypervisor"))
     if hv:
         try:

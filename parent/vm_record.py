@@ -21,6 +21,7 @@ class VmRecord:
     # (callback, deadline): callback(err) with err None on success
     start_waiters: list = field(default_factory=list)   # called at Running (or failure)
     exit_waiters: list = field(default_factory=list)    # called when the worker has exited
+    broken: str | None = None             # why the stored config cannot be served (config_checks)
 
     @property
     def id(self) -> str:
@@ -28,4 +29,4 @@ class VmRecord:
 
     @property
     def name(self) -> str:
-        return self.config["name"]
+        return str(self.config.get("name") or self.config["id"])

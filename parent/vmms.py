@@ -14,7 +14,10 @@ attach per VM).
 by `main` before any ZeroMQ context), the sockets, the driver supervisor and the disk meter.
 The control ops (parent/control/, one table) act on it only through its methods: `find`,
 `lock` / `unlock`, `launch`, `save_config`, `add_vm` / `forget_vm`, `set_state`, `worker_call`,
-`begin_host_shutdown` / `stop_serving`, and the views.
+`begin_host_shutdown` / `stop_serving`, `with_stats` (the hypervisor's figures, asynchronously:
+parent/hypervisor_link.py), and the views. A control op that fails releases any lock it took
+(`run_op`); one bad event in the loop is logged, never fatal; a stored configuration that
+cannot be served is kept with its problem (`VmRecord.broken`, parent/config_checks.py).
 """
 from __future__ import annotations
 
@@ -28,22 +31,23 @@ import setproctitle
 import zmq
 
 from hypervisor import hypercall_defs as hc
-from hypervisor.runtime import signal_wakeup, wire
+from hypervisor.runtime import limits, signal_wakeup, wire
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.logging_setup import configure
 from hypervisor.runtime.paths import Home
-from hypervisor.runtime.pidfile import PidFile, read_pid, holder_pid
-from hypervisor.runtime.rpc_client import RpcClient
+from hypervisor.runtime.pidfile import PidFile, read_pid
 from hypervisor.runtime.rpc_server import DEFERRED, Request, RpcServer, bind_router
+from parent.config_checks import config_problem
 from parent.config_store import ConfigStore
 from parent.control import CONTROL_OPS
 from parent.control.disk_ops import check_disks_for_start
 from parent.disk_metering import DiskMeter
 from parent.driver_supervisor import DriverSupervisor
 from parent.drivers import registry
+from parent.hypervisor_link import HypervisorLink
 from parent.vm_devices import enabled_services, vm_devices
 from parent.vm_record import VmRecord
-from parent.worker_supervisor import ForkServer, WorkerHandle, find_live_workers
+from parent.worker_supervisor import ForkServer, WorkerHandle, find_live_workers, signal_worker
 from worker.vm_state import VmState
 
 WORKER_OP_TIMEOUT = 10.0
@@ -62,8 +66,11 @@ class Vmms:
         self.fd_handlers: dict = {}           # fd -> callback (driver hosts: parent/driver_supervisor.py)
         self.running = True
         self.host_stopping = False            # host-shutdown: workers' exits keep was_running
-        self._hv = None
         self._stats: tuple[float, dict] | None = None
+        self._stats_waiters: list = []        # (req, build) waiting for fresh ledger figures
+        self._stats_inflight = False
+        self.hv_error: HvError | None = None  # the last ledger query's failure, if it failed
+        self.subscriptions: set[bytes] = set()
         self.ctx = zmq.Context()
         old = os.umask(0o077)
         try:
@@ -72,10 +79,12 @@ class Vmms:
             self.pub = self.ctx.socket(zmq.XPUB)
             self.pub.setsockopt(zmq.LINGER, 0)
             self.pub.setsockopt(zmq.SNDHWM, 10000)
+            # options are copied into the listener at bind: MAXMSGSIZE must come first
+            self.pub.setsockopt(zmq.MAXMSGSIZE, limits.MAX_SUBSCRIPTION_BYTES)
             self.pub.bind(self.home.events_endpoint)
         finally:
             os.umask(old)
-        self.server = RpcServer(self.router, {name: (lambda req, op=op: op.handler(self, req))
+        self.server = RpcServer(self.router, {name: (lambda req, op=op: self.run_op(op.handler, req))
                                               for name, op in CONTROL_OPS.items()}, self.log)
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
@@ -84,6 +93,7 @@ class Vmms:
                                         self.on_driver_state)
         self.disk_meter = DiskMeter()         # measure-vm's disk bytes, from the storage driver
         self.drivers.on_stats = self.disk_meter.observe
+        self.hv = HypervisorLink(self.ctx, home, self.watch_fd, self.unwatch_fd)
 
     # --- lookups ------------------------------------------------------------------------------
     def find(self, arg) -> VmRecord:
@@ -151,42 +161,47 @@ class Vmms:
         self.running = False
 
     # --- the hypervisor ---------------------------------------------------------------------
-    def hv_call(self, op: str, args: dict | None = None, timeout: float = 2.0):
-        if self._hv is None:
-            try:
-                cred = self.home.root_credential_file.read_text().strip()
-            except OSError:
-                raise HvError("Unavailable", "the hypervisor is not running") from None
-            self._hv = RpcClient(self.home.hypercall_endpoint, auth=cred, ctx=self.ctx,
-                                 timeout=timeout, name="the hypervisor")
-        if not holder_pid(self.home.pidfile("hypervisor")):
-            self._hv.close()
-            self._hv = None
-            raise HvError("Unavailable", "the hypervisor is not running")
-        try:
-            return self._hv.call(op, args or {}, timeout=timeout)
-        except HvError as err:
-            if err.code in ("Timeout", "Unauthorized"):
-                self._hv.close()
-                self._hv = None  # a restarted hypervisor has a new credential
-            raise
-
     STATS_MAX_AGE = 0.2  # CPUUsage is a one-second figure: a 200 ms old reading is as good
+    HV_TIMEOUT = 1.0     # a hypercall from vmms; the loop never waits for it (HypervisorLink)
 
-    def partition_stats(self, fresh: bool = False) -> dict[str, dict]:
-        """The hypervisor's ledger figures per VM, cached briefly so a burst of get-vm costs
-        one hypercall; any VM state change drops the cache."""
+    def with_stats(self, req: Request, build, fresh: bool = False):
+        """Answer `req` with `build(stats)` once the hypervisor's ledger figures per VM are at
+        hand: from a brief cache (a burst of get-vm costs one hypercall) or after one
+        asynchronous hypercall. The loop never waits: a hung hypervisor delays only these
+        answers, by at most HV_TIMEOUT, and then they carry the last figures known and say so
+        (`self.hv_error`); while it stays hung, answers come at once from that cache."""
         if not any(r.worker for r in self.vms.values()):
-            return {}
+            return build({})
         now = time.monotonic()
         if not fresh and self._stats is not None and now - self._stats[0] < self.STATS_MAX_AGE:
-            return self._stats[1]
-        try:
-            stats = {p["vm_id"]: p for p in self.hv_call(hc.LIST_PARTITIONS, timeout=1.0)}
-        except HvError:
-            return {}
-        self._stats = (now, stats)
-        return stats
+            return build(self._stats[1])
+        if self._stats_inflight and self.hv_error is not None and self.hv_error.code == "Timeout":
+            return build(self._stats[1] if self._stats else {})  # still hung: the cache, flagged
+        self._stats_waiters.append((req, build))
+        if not self._stats_inflight:
+            self._stats_inflight = True
+            self.hv.call(hc.LIST_PARTITIONS, {}, self._on_stats, self.HV_TIMEOUT)
+        return DEFERRED
+
+    def _on_stats(self, ok: bool, res) -> None:
+        self._stats_inflight = False
+        if ok and isinstance(res, list):
+            self._stats = (time.monotonic(), {p["vm_id"]: p for p in res if isinstance(p, dict)})
+            self.hv_error = None
+        else:
+            self.hv_error = res if isinstance(res, HvError) else HvError("Internal", "bad ledger reply")
+            self.log.warning("hypervisor_query_failed", code=self.hv_error.code, error=self.hv_error.message)
+        stats = self._stats[1] if self._stats else {}
+        waiters, self._stats_waiters = self._stats_waiters, []
+        for req, build in waiters:
+            try:
+                self.server.reply(req, build(stats))
+            except HvError as err:
+                self.server.reply_error(req, err)
+
+    def hv_status(self) -> str:
+        """How the hypervisor looked at the last query: Running, NotResponding or Stopped."""
+        return self.hv.state if self.hv_error is not None else "Running"
 
     # --- events and state ---------------------------------------------------------------------
     def publish(self, rec: VmRecord, event: str, **payload) -> None:
@@ -204,11 +219,18 @@ class Vmms:
             except zmq.Again:
                 return
             if frame[:1] == b"\x01":  # a new subscription to prefix frame[1:]
+                if frame[1:] not in self.subscriptions and len(self.subscriptions) >= limits.MAX_SUBSCRIPTIONS:
+                    self.log.warning("subscription_refused", limit=limits.MAX_SUBSCRIPTIONS)
+                    continue  # not confirmed: the client's subscribe answers Timeout
+                self.subscriptions.add(frame[1:])
                 topic = frame[1:] + b"subscribed"
                 self.pub.send_multipart([topic, wire.pack({"Event": "subscribed", "Time": time.time()})])
+            elif frame[:1] == b"\x00":
+                self.subscriptions.discard(frame[1:])
 
     def invalidate_stats(self) -> None:
-        self._stats = None
+        if self._stats is not None:  # stale now, but kept as the fallback for a hung hypervisor
+            self._stats = (float("-inf"), self._stats[1])
 
     def set_state(self, rec: VmRecord, state: VmState, **payload) -> None:
         self.invalidate_stats()
@@ -334,7 +356,7 @@ class Vmms:
             rec = self.vms.get(vm_id)
             if rec is None:  # an orphan: its VM was removed while vmms was away
                 self.log.warning("orphan_worker_killed", vm_id=vm_id, pid=pid)
-                os.kill(pid, signal.SIGKILL)
+                signal_worker(self.home, vm_id, pid, signal.SIGKILL)
                 continue
             try:
                 handle = WorkerHandle(self.ctx, self.home, vm_id, pid, self.on_worker_status)
@@ -392,12 +414,17 @@ class Vmms:
                     self.unlock(rec)
                     item[0](HvError("Timeout", f"VM '{rec.name}' did not {what} in time"))
                     if what == "turn off" and rec.worker is not None:
-                        os.kill(rec.worker.pid, signal.SIGKILL)  # a hung worker: pull the cord
+                        rec.worker.signal(signal.SIGKILL)  # a hung worker: pull the cord
 
     # --- views --------------------------------------------------------------------------------
     def vm_view(self, rec: VmRecord, stats: dict) -> dict:
+        if rec.broken is not None:
+            return {"Name": rec.name, "Id": rec.id, "State": rec.state.value,
+                    "Status": f"Error: the configuration cannot be served: {rec.broken}",
+                    "Error": rec.broken, "WorkerProcessId": rec.worker.pid if rec.worker else None}
         cfg, st = rec.config, (rec.worker.status if rec.worker else {})
         part = stats.get(rec.id, {})
+        unknown = rec.worker is not None and not part and self.hv_error is not None
         cpu, mem = part.get("cpu", {}), part.get("memory", {})
         uptime = 0.0
         if rec.worker and st.get("running_since"):
@@ -409,13 +436,14 @@ class Vmms:
         return {
             "Name": rec.name, "Id": rec.id, "State": rec.state.value,
             "Status": self.status_sentence(rec, heartbeat),
-            "CPUUsage": round(cpu.get("cpu_percent_last_second", 0.0)),
-            "MemoryAssigned": mem.get("assigned", 0) if rec.worker else 0,
-            "MemoryDemand": (mem.get("demand") or 0) if rec.worker else 0,
+            "CPUUsage": None if unknown else round(cpu.get("cpu_percent_last_second", 0.0)),
+            "MemoryAssigned": None if unknown else (mem.get("assigned", 0) if rec.worker else 0),
+            "MemoryDemand": None if unknown else ((mem.get("demand") or 0) if rec.worker else 0),
             "MemoryStartup": cfg["memory"]["startup"],
             "DynamicMemoryEnabled": cfg["memory"]["dynamic"],
             "ProcessorCount": cfg["processor"]["count"],
-            "Uptime": round(uptime, 3), "Heartbeat": heartbeat,
+            # None while a reattached worker has not told its status yet: unknown, not 0
+            "Uptime": None if rec.worker and not st else round(uptime, 3), "Heartbeat": heartbeat,
             "WorkerProcessId": rec.worker.pid if rec.worker else None,
             "GuestProcessId": st.get("guest_pid") if rec.worker else None,
             "SandboxUid": st.get("sandbox_uid") if rec.worker else None,
@@ -423,9 +451,14 @@ class Vmms:
             "AutomaticStartAction": cfg["automatic_start_action"],
             "AutomaticStopAction": cfg["automatic_stop_action"],
             "LastExitReason": cfg.get("last_exit_reason"),
+            "HypervisorStatus": self.hv_status(),
         }
 
     def status_sentence(self, rec: VmRecord, heartbeat: str) -> str:
+        if rec.worker is not None and self.hv_error is not None:
+            age = time.monotonic() - self._stats[0] if self._stats and self._stats[0] > 0 else None
+            since = f"figures from {age:.1f} s ago" if age is not None else "no figures yet"
+            return f"Hypervisor {self.hv_status()}: {self.hv_error.message} ({since})"
         if rec.state == VmState.Off and rec.config.get("last_exit_reason", "") and \
                 "crash" in rec.config.get("last_exit_reason", ""):
             return f"Stopped: {rec.config['last_exit_reason']}"
@@ -439,6 +472,8 @@ class Vmms:
     def boot_actions(self) -> None:
         """Host boot: Start VMs set to Start, and StartIfRunning ones that were running."""
         for rec in self.vms.values():
+            if rec.broken is not None:
+                continue
             action = rec.config["automatic_start_action"]
             if rec.worker is None and (action == "Start" or (action == "StartIfRunning" and rec.config.get("was_running"))):
                 try:
@@ -456,7 +491,10 @@ class Vmms:
         rfd = signal_wakeup.install()
         self.poller.register(rfd, zmq.POLLIN)
         for config in self.store.load_all(self.log):
-            self.vms[config["id"]] = VmRecord(config=config, state=VmState(config.get("state", "Off")))
+            rec = VmRecord(config=config, broken=config_problem(config))
+            if rec.broken:  # kept and shown by get-vm with the error; never served
+                self.log.error("config_unservable", vm_id=rec.id, error=rec.broken)
+            self.vms[config["id"]] = rec
         self.reattach()
         if self.boot:
             self.boot_actions()
@@ -464,27 +502,50 @@ class Vmms:
         try:
             while self.running:
                 for sock, _ in self.poller.poll(100):
-                    if sock is self.router:
-                        self.server.drain()
-                    elif sock == rfd:
-                        if signal_wakeup.stop_requested(rfd):
-                            self.running = False
-                    elif sock is self.pub:
-                        self.confirm_subscriptions()
-                    elif sock in self.by_fd:
-                        self.on_worker_exit(self.by_fd[sock])
-                    elif sock in self.socks:
-                        rec = self.socks[sock]
-                        rec.worker.on_readable()
-                    elif sock in self.fd_handlers:
-                        self.fd_handlers[sock]()
+                    try:
+                        self.dispatch(sock, rfd)
+                    except Exception:  # one bad event must never take the daemon down
+                        self.log.exception("loop_event_failed")
                 now = time.monotonic()
                 if now >= next_expire:
                     next_expire = now + 0.1
-                    self.expire_waiters()
-                    self.drivers.tick(now)
+                    try:
+                        self.expire_waiters()
+                        self.hv.expire(now)
+                        self.forkserver.ensure()
+                        self.drivers.tick(now)
+                    except Exception:
+                        self.log.exception("loop_timer_failed")
         finally:
             self.close()
+
+    def dispatch(self, sock, rfd) -> None:
+        """One readable socket or fd of the loop."""
+        if sock is self.router:
+            self.server.drain()
+        elif sock == rfd:
+            if signal_wakeup.stop_requested(rfd):
+                self.running = False
+        elif sock is self.pub:
+            self.confirm_subscriptions()
+        elif sock in self.by_fd:
+            self.on_worker_exit(self.by_fd[sock])
+        elif sock in self.socks:
+            self.socks[sock].worker.on_readable()
+        elif sock in self.fd_handlers:
+            self.fd_handlers[sock]()
+
+    def run_op(self, handler, req: Request):
+        """Run a control op; if it fails, release any VM lock it took (a refused or failed op
+        never leaves a VM busy)."""
+        before = {rec.id: rec.busy for rec in self.vms.values()}
+        try:
+            return handler(self, req)
+        except BaseException:
+            for rec in self.vms.values():
+                if rec.busy == req.op and before.get(rec.id) != req.op:
+                    rec.busy = before.get(rec.id)
+            raise
 
     def close(self) -> None:
         self.drivers.close()
@@ -493,8 +554,7 @@ class Vmms:
         for rec in self.vms.values():
             if rec.worker is not None:
                 rec.worker.close()
-        if self._hv is not None:
-            self._hv.close()
+        self.hv.close()
         self.ctx.term()
 
 

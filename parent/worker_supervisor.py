@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -32,10 +33,20 @@ _ids = itertools.count(1)
 
 
 class ForkServer:
-    LAUNCH_WAIT = 10.0
+    """The worker fork-server's client. A fork-server that died (kill -9) or hangs (SIGSTOP)
+    is replaced by a fresh one (fork+exec, safe while vmms has a ZeroMQ context) and the launch
+    is tried once more on it; each exchange is bounded by LAUNCH_TIMEOUT."""
+
+    LAUNCH_TIMEOUT = 2.0
+    FRESH_TIMEOUT = 15.0   # a fresh fork-server first imports the worker code, then answers
     MAX_LAUNCH = 4 << 20   # as worker/forkserver.py: a VM's host KVP pool rides in its launch
 
     def __init__(self, home: Home):
+        self.home = home
+        self._spawn()
+
+    def _spawn(self) -> None:
+        home = self.home
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.forkserver", str(theirs.fileno()), str(home.root)],
@@ -46,27 +57,58 @@ class ForkServer:
         ours.setblocking(False)
         allow_large_packets(ours, self.MAX_LAUNCH)
         self.sock = ours
+        self.fresh = True
+
+    def ensure(self) -> None:
+        """From vmms's timer: a fork-server that died is replaced at once (non-blocking), so it
+        has imported the worker code before the next start-vm needs it."""
+        if self.proc.poll() is not None:
+            self._replace()
+
+    def _replace(self) -> None:
+        self.sock.close()
+        self.proc.kill()   # dead already, or hung: either way it is replaced
+        try:
+            self.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self._spawn()
 
     def launch(self, launch: dict) -> int:
-        """Fork a worker for `launch` (LAUNCH_KEYS); its pid. Bounded wait."""
+        """Fork a worker for `launch` (LAUNCH_KEYS); its pid. Bounded wait; a dead or hung
+        fork-server is replaced and the launch tried once more."""
         assert set(launch) == set(LAUNCH_KEYS), sorted(launch)
+        for attempt in (1, 2):
+            if self.proc.poll() is not None:
+                self._replace()
+            try:
+                reply = self._exchange(launch)
+            except OSError as exc:
+                if attempt == 2:
+                    raise HvError("Unavailable",
+                                  f"the worker fork-server failed twice: {exc}") from None
+                self._replace()
+                continue
+            self.fresh = False
+            if "pid" not in reply:
+                raise HvError("Internal", f"the worker fork-server refused: {reply.get('error')!r}")
+            return int(reply["pid"])
+        raise AssertionError("unreachable")
+
+    def _exchange(self, launch: dict) -> dict:
         if not send_message(self.sock, {"launch": launch}):
-            raise HvError("Internal", "the worker fork-server failed: it is gone, or the launch "
-                                      "is larger than this host's socket buffers allow")
-        deadline = time.monotonic() + self.LAUNCH_WAIT
+            raise OSError("it is gone, or the launch is larger than this host's socket "
+                          "buffers allow")
+        deadline = time.monotonic() + (self.FRESH_TIMEOUT if self.fresh else self.LAUNCH_TIMEOUT)
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                raise HvError("Internal", "the worker fork-server failed: no answer in time")
+                raise OSError("no answer in time")
             replies, closed = receive_messages(self.sock, accept_fds=False)
             if replies:
-                reply = replies[0]
-                break
+                return replies[0]
             if closed:
-                raise HvError("Internal", "the worker fork-server failed: it exited")
-        if "pid" not in reply:
-            raise HvError("Internal", f"the worker fork-server refused: {reply.get('error')!r}")
-        return int(reply["pid"])
+                raise OSError("it exited")
 
     def close(self) -> None:
         self.sock.close()
@@ -121,6 +163,13 @@ class WorkerHandle:
             else:
                 entry[0](False, HvError.from_wire(env.get("error")))
 
+    def signal(self, sig: int) -> None:
+        """Signal the worker through its pidfd: a reused pid number can never be hit."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except (ProcessLookupError, OSError):
+            pass
+
     def expire(self, now: float) -> None:
         for req_id, (callback, deadline) in list(self.pending.items()):
             if now >= deadline:
@@ -138,6 +187,24 @@ class WorkerHandle:
             os.close(self.pidfd)
         except OSError:
             pass
+
+
+def signal_worker(home: Home, vm_id: str, pid: int, sig: int) -> bool:
+    """Signal the worker of `vm_id` found by its pid file, through a pidfd taken while it still
+    holds its pid-file lock (so the number cannot have been reused by then). True if sent."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return False
+    try:
+        if holder_pid(home.worker_pidfile(vm_id)) != pid:
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except (ProcessLookupError, OSError):
+        return False
+    finally:
+        os.close(pidfd)
 
 
 def find_live_workers(home: Home) -> tuple[dict[str, int], list[Path]]:

@@ -97,6 +97,7 @@ class Worker:
         self.done = False
         self.boot_deadline = time.monotonic() + BOOT_DEADLINE
         self.services = None               # VirtualDevices: VMBus, integration services, COM ports
+        self.console_log = None            # RotatingFile of console.log, opened at the first output
 
     # --- status -----------------------------------------------------------------------------
     def status(self) -> dict:
@@ -281,8 +282,13 @@ class Worker:
         if isinstance(data, bytes) and data and self.services is not None:
             self.services.console_output(data)  # COM1
         if isinstance(data, bytes) and data:
-            with open(self.home.vm_dir(self.vm_id) / "console.log", "ab") as f:
-                f.write(data[-65536:])
+            if self.console_log is None:  # bounded and rotated: a chatty guest cannot fill the home
+                from hypervisor.runtime.limits import CONSOLE_LOG_BYTES, CONSOLE_LOG_FILES
+                from hypervisor.runtime.log_rotation import RotatingFile
+                self.console_log = RotatingFile(self.home.vm_dir(self.vm_id) / "console.log",
+                                                CONSOLE_LOG_BYTES, CONSOLE_LOG_FILES, binary=True)
+            self.console_log.write(data[-65536:])
+            self.console_log.flush()
 
     def on_guest_exit(self) -> None:
         self.on_guest_messages()  # what the guest said before it went (halt, ...)
@@ -302,7 +308,8 @@ class Worker:
         if self.stop_request is not None:
             self.server.reply(self.stop_request[0], {"state": "Off"})
             self.stop_request = None
-        self._fail_waiters(HvError("Internal", f"VM '{self.name}' stopped while starting: {reason}"))
+        # a guest that dies while starting or resetting is an outcome, not an internal fault
+        self._fail_waiters(HvError("InvalidState", f"VM '{self.name}' stopped while starting: {reason}"))
         self.set_state(VmState.Off)
         self.done = True
 

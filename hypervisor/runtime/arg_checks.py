@@ -2,9 +2,12 @@
 or range always answers `BadRequest` naming the field, and nothing downstream sees bad data."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hypervisor.runtime.errors import HvError
+
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1   # what msgpack and every consumer can carry
 
 _MISSING = object()
 
@@ -36,6 +39,8 @@ def get_int(args: dict, key: str, default: Any = _MISSING, *, lo: int | None = N
         return value
     if not isinstance(value, int) or isinstance(value, bool):
         raise HvError("BadRequest", f"argument '{key}' must be an integer, got {type(value).__name__}")
+    lo = INT_MIN if lo is None else lo
+    hi = INT_MAX if hi is None else hi
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
         raise HvError("BadRequest", f"argument '{key}' must be in {rng}, got {value}")
@@ -61,6 +66,10 @@ def get_float(args: dict, key: str, default: Any = _MISSING, *, lo: float | None
     value = _get(args, key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise HvError("BadRequest", f"argument '{key}' must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise HvError("BadRequest", f"argument '{key}' must be a finite number, got {value}")
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        raise HvError("BadRequest", f"argument '{key}' is out of range")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise HvError("BadRequest", f"argument '{key}' must be in {lo}..{hi}, got {value}")
     return float(value)

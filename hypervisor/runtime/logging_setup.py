@@ -1,6 +1,8 @@
 """structlog configured to write one JSON line per event to `<home>/logs/<daemon>.log`.
 
-Every process calls `configure()` once at start; code then binds context
+The file is size-bounded and rotated (limits.DAEMON_LOG_BYTES × DAEMON_LOG_FILES, see
+log_rotation.py), so a flood of bad frames cannot fill the disk. Every process calls
+`configure()` once at start; code then binds context
 (`log.bind(vm_id=...)`) so every line about a VM carries its id.
 """
 from __future__ import annotations
@@ -14,7 +16,9 @@ import structlog
 
 def configure(logs_dir: Path, name: str) -> structlog.stdlib.BoundLogger:
     logs_dir.mkdir(parents=True, exist_ok=True)
-    stream = open(logs_dir / f"{name}.log", "a", buffering=1, encoding="utf-8")
+    from hypervisor.runtime.limits import DAEMON_LOG_BYTES, DAEMON_LOG_FILES
+    from hypervisor.runtime.log_rotation import RotatingFile
+    stream = _LineFlushed(RotatingFile(logs_dir / f"{name}.log", DAEMON_LOG_BYTES, DAEMON_LOG_FILES))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -28,3 +32,18 @@ def configure(logs_dir: Path, name: str) -> structlog.stdlib.BoundLogger:
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger().bind(process=name, pid=os.getpid())
+
+
+class _LineFlushed:
+    """Each log line reaches the file at once (as line buffering did), rotated by size."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def write(self, text: str) -> int:
+        n = self.target.write(text)
+        self.target.flush()
+        return n
+
+    def flush(self) -> None:
+        self.target.flush()

@@ -19,24 +19,48 @@ class PidFile:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = read_pid(self.path)
-            os.close(fd)
-            raise HvError("AlreadyExists", f"{self.path} is held by running process {other}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
+        """Lock the pid file, or raise AlreadyExists naming its holder.
+
+        The lock counts only if `path` still names the file that was locked: a holder that is
+        releasing unlinks the file while it still holds the lock, so a process that opened the
+        old file and locked it after that sees a different (or no) inode at `path` and tries
+        again on the new file. Two daemons can therefore never both hold a home."""
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = read_pid(self.path)
+                os.close(fd)
+                raise HvError("AlreadyExists", f"{self.path} is held by running process {other}") from None
+            if not _same_file(fd, self.path):
+                os.close(fd)  # we locked a file its holder had just unlinked: take the new one
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self.fd = fd
+            return
+        raise HvError("Busy", f"{self.path} keeps changing; try again")
 
     def release(self) -> None:
+        """Unlink while still holding the lock, then unlock: whoever locks the old file after
+        this finds it unlinked (see acquire), and the new file is free for the next daemon."""
         if self.fd is not None:
             try:
-                self.path.unlink(missing_ok=True)
+                if _same_file(self.fd, self.path):
+                    self.path.unlink(missing_ok=True)
             finally:
                 os.close(self.fd)
                 self.fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def read_pid(path: Path) -> int | None:

@@ -74,6 +74,9 @@ class RpcServer:
             if self.authorize is not None:
                 self.authorize(req)
             result = handler(req)
+            if result is DEFERRED:
+                return
+            frames = wire.ok_frames(req.id, result)  # packing is part of answering: inside the try
         except HvError as err:
             if err.code in ("Internal", "Unauthorized"):
                 self.log.warning("op_refused", op=req.op, code=err.code, error=err.message)
@@ -83,11 +86,17 @@ class RpcServer:
             self.log.exception("op_failed", op=req.op)
             self.reply_error(req, HvError("Internal", f"{req.op} failed unexpectedly; see the daemon log"))
             return
-        if result is not DEFERRED:
-            self.reply(req, result)
+        self._send(req.peer, frames)
 
     def reply(self, req: Request, result: Any) -> None:
-        self._send(req.peer, wire.ok_frames(req.id, result))
+        """A (deferred) answer. A result that cannot be packed answers Internal, never raises."""
+        try:
+            frames = wire.ok_frames(req.id, result)
+        except Exception:
+            self.log.exception("reply_unpackable", op=req.op)
+            frames = wire.error_frames(req.id, HvError("Internal", f"{req.op}: the answer could not be "
+                                                                   "encoded; see the daemon log"))
+        self._send(req.peer, frames)
 
     def reply_error(self, req: Request, err: HvError) -> None:
         self._send(req.peer, wire.error_frames(req.id, err))

@@ -18,7 +18,8 @@ from worker.guest.programs import spec_list
 
 GET_VM_COLUMNS = [("Name", "Name"), ("State", "State"), ("CPUUsage(%)", "CPUUsage"),
                   ("MemoryAssigned(M)", "MemoryAssigned"), ("Uptime", "Uptime"), ("Status", "Status")]
-GET_VM_FORMATS = {"MemoryAssigned": lambda v: (v or 0) // (1 << 20), "Uptime": format_uptime}
+GET_VM_FORMATS = {"MemoryAssigned": lambda v: "?" if v is None else v // (1 << 20),  # None: unknown
+                  "Uptime": format_uptime}
 
 
 def show_vms(g, vms: list[dict]) -> None:

@@ -21,21 +21,23 @@ Rules:
   process holding the file's lock (the backend's flock; Busy naming the process, and its VM
   when it is one of this host's workers).
 
-Performance: these ops run on vmms's loop. Creating or validating a disk costs about 0.1 s per
-million BAT entries (a 64 TiB disk with the default 64 MiB blocks has one million; only a tiny
-block size on a huge disk gets slow) plus, for a fixed disk, one posix_fallocate.
+Performance: these ops run on vmms's loop. Creating or validating a disk costs about 0.2 s per
+million BAT entries (a 64 TiB disk with the default 64 MiB blocks has one million) plus, for a
+fixed disk, one posix_fallocate; new-vhd refuses more than limits.MAX_DISK_BLOCKS blocks, so a
+tiny block size on a huge disk can no longer stall the loop or grow vmms's memory.
 """
 from __future__ import annotations
 
 import os
 import stat
 
+from hypervisor.runtime import limits
 from hypervisor.runtime.arg_checks import get_bool, get_int, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.sizes import parse_size
 from parent.control.op_table import control_op, vm_arg
 from parent.storage.disk_backend import create_disk, format_for_path, open_disk
-from parent.vm_devices import DRIVES_KEY, drives_of
+from parent.vm_devices import DEVICES_KEY, DRIVES_KEY, STORAGE_DRIVER, drives_of
 from worker.vm_state import VmState
 
 CONTROLLER_TYPE = "SCSI"
@@ -66,7 +68,7 @@ def bytes_arg(args: dict, key: str, default=None) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise HvError("BadRequest", f"argument '{key}' must be a size, got {type(value).__name__}")
-    n = parse_size(value)
+    n = parse_size(value, key)
     if n <= 0:
         raise HvError("BadRequest", f"argument '{key}' must be a positive number of bytes, got {n}")
     return n
@@ -170,15 +172,39 @@ def where(drive: dict) -> str:
     return f"{drive['controller_type']} {drive['controller_number']}:{drive['controller_location']}"
 
 
+def disk_paths(rec) -> list[tuple[str, str]]:
+    """Every disk file a VM uses, with where it is attached: its hard disk drives and its
+    storvsp devices given a `path` setting (add-vmdevice storvsp)."""
+    out = [(d["path"], where(d)) for d in drives_of(rec)]
+    for dev in rec.config.get(DEVICES_KEY) or []:
+        path = (dev.get("settings") or {}).get("path") if isinstance(dev, dict) else None
+        if dev.get("driver") == STORAGE_DRIVER and isinstance(path, str) and path:
+            out.append((path, f"storvsp device {dev.get('instance_id')}"))
+    return out
+
+
 def attachments(vmms, path: str, skip=None):
-    """(VM record, drive) for every drive of another VM than `skip` that is the file `path`."""
+    """(VM record, where) for every attachment of the file `path` to another VM than `skip`."""
     ident = file_identity(path)
     for rec in vmms.vms.values():
         if rec is skip:
             continue
-        for drive in drives_of(rec):
-            if file_identity(drive["path"]) == ident:
-                yield rec, drive
+        for other_path, at in disk_paths(rec):
+            if file_identity(other_path) == ident:
+                yield rec, at
+
+
+def check_disk_free(vmms, rec, path: str) -> None:
+    """The one-disk-one-VM rule, the one place it lives: every path that attaches a disk to a
+    VM (add-vmharddiskdrive, add-vmdevice storvsp) goes through here, and start-vm re-checks
+    it (check_disks_for_start). AlreadyExists for the same VM, InvalidState naming the other."""
+    ident = file_identity(path)
+    for own, at in disk_paths(rec):
+        if file_identity(own) == ident:
+            raise HvError("AlreadyExists", f"{path} is already attached to VM '{rec.name}' at {at}")
+    for other, at in attachments(vmms, path, skip=rec):
+        raise HvError("InvalidState", f"{path} is already attached to VM '{other.name}' at "
+                                      f"{at}; a disk can belong to one VM at a time")
 
 
 def check_changeable(rec, verb: str) -> None:
@@ -209,8 +235,7 @@ def save_drives(vmms, rec, drives: list[dict]) -> None:
 def check_disks_for_start(vmms, rec) -> None:
     """Before a VM starts: each attached disk is valid and used by no one else (see module doc).
     Raises the HvError that refuses the start."""
-    for drive in drives_of(rec):
-        path = drive["path"]
+    for path, _ in disk_paths(rec):
         for other, _ in attachments(vmms, path, skip=rec):
             if other.worker is not None:
                 raise HvError("InvalidState", f"VM '{rec.name}' cannot start: disk {path} is in "
@@ -222,6 +247,23 @@ def check_disks_for_start(vmms, rec) -> None:
 
 
 # --- ops -----------------------------------------------------------------------------------------
+
+def check_block_count(size: int, block_size: int | None) -> None:
+    """A new disk has at most limits.MAX_DISK_BLOCKS payload blocks: its BAT is built and
+    checked on vmms's loop, so this bounds new-vhd's time (~0.2 s) and memory (~10 MB).
+    The automatic block size always fits; a tiny block size on a huge disk is refused."""
+    from parent.storage.vhdx.metadata import MAX_BLOCK_SIZE, auto_block_size
+    if size > limits.MAX_DISK_BYTES:
+        raise HvError("BadRequest", f"argument 'size_bytes' must be at most 64 TiB, got {size}")
+    block = block_size or auto_block_size(size)
+    if -(-size // block) > limits.MAX_DISK_BLOCKS:
+        need = block
+        while -(-size // need) > limits.MAX_DISK_BLOCKS and need < MAX_BLOCK_SIZE:
+            need *= 2
+        raise HvError("BadRequest", f"argument 'block_size_bytes': a {size}-byte disk in "
+                                    f"{block}-byte blocks has more than {limits.MAX_DISK_BLOCKS} "
+                                    f"blocks; use a block size of at least {need} bytes")
+
 
 @control_op("new-vhd")
 def new_vhd(vmms, req):
@@ -242,6 +284,7 @@ def new_vhd(vmms, req):
     options = {"fixed": fixed, "block_size": bytes_arg(req.args, "block_size_bytes"),
                "logical_sector": get_int(req.args, "logical_sector_size_bytes", 512),
                "physical_sector": get_int(req.args, "physical_sector_size_bytes", 4096)}
+    check_block_count(size, options["block_size"])
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise HvError("NotFound", f"{folder}: no such directory")
@@ -280,14 +323,7 @@ def add_vmharddiskdrive(vmms, req):
         taken = next(d for d in drives if d["controller_location"] == location)
         raise HvError("AlreadyExists", f"VM '{rec.name}' already has {taken['path']} at "
                                        f"{where(taken)}")
-    ident = file_identity(path)
-    for drive in drives:
-        if file_identity(drive["path"]) == ident:
-            raise HvError("AlreadyExists", f"{path} is already attached to VM '{rec.name}' at "
-                                           f"{where(drive)}")
-    for other, drive in attachments(vmms, path, skip=rec):
-        raise HvError("InvalidState", f"{path} is already attached to VM '{other.name}' at "
-                                      f"{where(drive)}; a disk can belong to one VM at a time")
+    check_disk_free(vmms, rec, path)
     inspect(vmms, path)
     if not os.access(path, os.R_OK | os.W_OK):
         raise HvError("Unauthorized", f"{path}: permission denied (the VM needs to read and "

@@ -13,6 +13,7 @@ import uuid
 from hypervisor.runtime.arg_checks import get_map, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import DEFERRED
+from parent.control import disk_ops
 from parent.control.op_table import control_op, vm_arg
 from parent.drivers import registry
 from parent.vm_devices import DEVICES_KEY, devices_of
@@ -77,6 +78,8 @@ def add_vmdevice(vmms, req):
     devices = devices_of(rec)
     if len(devices) >= MAX_DEVICES:
         raise HvError("InvalidState", f"VM '{rec.name}' already has {MAX_DEVICES} devices")
+    if driver == disk_ops.STORAGE_DRIVER and settings.get("path"):
+        disk_ops.check_disk_free(vmms, rec, settings["path"])  # one disk, one VM
     dev = {"driver": driver, "instance_id": str(uuid.uuid4()), "settings": settings}
     rec.config[DEVICES_KEY] = devices + [dev]
     vmms.save_config(rec)

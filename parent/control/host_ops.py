@@ -8,7 +8,6 @@ import time
 
 from hypervisor import hypercall_defs as hc
 from hypervisor.driver_model import DISPLAY as DRIVER_MODELS
-from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.pidfile import holder_pid
 from hypervisor.runtime.rpc_server import DEFERRED
 from parent.control.op_table import control_op
@@ -23,12 +22,13 @@ def ping(vmms, req):
 
 @control_op("get-vmhost")
 def get_vmhost(vmms, req):
-    """Host figures: processors, memory pool, reserves, daemon pids."""
-    try:
-        info = vmms.hv_call(hc.GET_HOST_INFO)
-    except HvError:
-        info = {}
-    return {"LogicalProcessorCount": info.get("logical_processors", os.cpu_count()),
+    """Host figures: processors, memory pool, reserves, daemon pids, and HypervisorStatus
+    (Running, NotResponding or Stopped). The hypercall never blocks vmms's loop; without the
+    hypervisor's answer the figures are unknown (null), never made up."""
+    def answer(ok, res):
+        info = res if ok and isinstance(res, dict) else {}
+        vmms.server.reply(req, {
+            "LogicalProcessorCount": info.get("logical_processors", os.cpu_count()),
             "MemoryCapacity": info.get("memory_capacity"),
             "RootMemoryReserve": info.get("root_reserve"),
             "MemoryAvailable": info.get("memory_available"),   # what a starting VM can get
@@ -36,27 +36,29 @@ def get_vmhost(vmms, req):
             "CpuReserveAvailable": info.get("cpu_reserve_available"),
             "IsolationMode": info.get("isolation_mode"), "Cgroup": info.get("cgroup"),
             "SandboxUidBase": info.get("sandbox_uid_base"),
+            "HypervisorStatus": "Running" if ok else vmms.hv.state,
+            "HypervisorError": None if ok else getattr(res, "message", str(res)),
             "HypervisorProcessId": holder_pid(vmms.home.pidfile("hypervisor")),
             "VmmsProcessId": os.getpid(), "Home": str(vmms.home.root),
-            "DriverModel": DRIVER_MODELS.get(info.get("driver_model"))}
+            "DriverModel": DRIVER_MODELS.get(info.get("driver_model"))})
+    vmms.hv.call(hc.GET_HOST_INFO, {}, answer, vmms.HV_TIMEOUT)
+    return DEFERRED
 
 
 HOST_SHUTDOWN_GUEST_WAIT = 5.0   # seconds a ShutDown guest gets at host down, then turned off
 
 
-def turn_off(worker_pid: int) -> None:
-    try:
-        os.kill(worker_pid, signal.SIGTERM)  # the worker turns its VM off and exits
-    except ProcessLookupError:
-        pass
+def turn_off(worker) -> None:
+    """SIGTERM through the worker's pidfd: the worker turns its VM off and exits."""
+    worker.signal(signal.SIGTERM)
 
 
 def shut_down_guest(rec) -> None:
     """AutomaticStopAction ShutDown: ask the guest (shutdown integration service), turn it off
     if it has not gone in HOST_SHUTDOWN_GUEST_WAIT; a worker that refuses is turned off now."""
-    pid = rec.worker.pid
-    rec.worker.send("stop", {"mode": "shutdown", "force": True, "timeout": HOST_SHUTDOWN_GUEST_WAIT},
-                    lambda ok, _res: ok or rec.worker is None or turn_off(pid), HOST_SHUTDOWN_GUEST_WAIT + 2.0)
+    worker = rec.worker
+    worker.send("stop", {"mode": "shutdown", "force": True, "timeout": HOST_SHUTDOWN_GUEST_WAIT},
+                lambda ok, _res: ok or rec.worker is None or turn_off(worker), HOST_SHUTDOWN_GUEST_WAIT + 2.0)
 
 
 @control_op("host-shutdown")
@@ -70,7 +72,7 @@ def host_shutdown(vmms, req):
                 rec.state in (VmState.Running, VmState.Paused):
             shut_down_guest(rec)
         else:
-            turn_off(rec.worker.pid)  # TurnOff (and Save, while this build has no saved state)
+            turn_off(rec.worker)  # TurnOff (and Save, while this build has no saved state)
     deadline = time.monotonic() + 10.0
     waiting = {"n": len(running)}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from hypervisor.runtime.arg_checks import get_bool, get_float, get_int
 from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.rpc_server import DEFERRED
 from hypervisor import hypercall_defs as hc
 from parent.control.op_table import control_op
 
@@ -52,38 +53,48 @@ def get_vmhistory(vmms, req):
     recs = [vmms.find(n) for n in names] if names else \
         sorted(vmms.vms.values(), key=lambda r: r.name.lower())
     running = [r.id for r in recs if r.worker is not None]
-    by_vm: dict[str, list] = {}
-    interval, window, columns = 1.0, 900.0, SAMPLE_KEYS
-    if running:
-        args = {"vm_ids": running} if names else {}
-        if since is not None:
-            args["since"] = since
-        if limit is not None:
-            args["limit"] = limit
-        try:
-            hist = vmms.hv_call(hc.GET_LEDGER_HISTORY, args, timeout=2.0)
-        except HvError as err:
-            if err.code != "Unavailable":
-                raise
-            hist = {"partitions": []}
-        interval, window = hist.get("interval", interval), hist.get("window", window)
-        columns = [SAMPLE_KEYS[c] for c in hist.get("columns", SAMPLE_KEYS)]
-        by_vm = {p[1]: p for p in hist["partitions"]}
-    out = []
-    no_disk = {"read": 0, "write": 0}
-    for rec in recs:
-        part = by_vm.get(rec.id) if rec.worker is not None else None
-        p = rec.config["processor"]
-        disk = vmms.disk_meter.totals(rec.id) if part else no_disk
-        totals = part[2] if part else (0.0, 0.0, 0.0)
-        entry = {"VMName": rec.name, "VMId": rec.id, "State": rec.state.value,
-                 "CPUTime": float(totals[1]), "ThrottledTime": float(totals[2]),
-                 "Count": p["count"], "Reserve": p["reserve"], "Maximum": p["maximum"],
-                 "Interval": interval, "Window": window,
-                 "Samples": dict(zip(columns, part[3:])) if part else _empty_samples(),
-                 "TotalDiskRead": int(disk.get("read", 0)),
-                 "TotalDiskWrite": int(disk.get("write", 0))}
-        if with_view:
-            entry["VM"] = watch_view(vmms, rec)
-        out.append(entry)
-    return out
+
+    def build(hist: dict) -> list:
+        interval, window, columns = 1.0, 900.0, SAMPLE_KEYS
+        by_vm: dict[str, list] = {}
+        if hist:
+            interval, window = hist.get("interval", interval), hist.get("window", window)
+            columns = [SAMPLE_KEYS[c] for c in hist.get("columns", SAMPLE_KEYS)]
+            by_vm = {p[1]: p for p in hist["partitions"]}
+        out = []
+        no_disk = {"read": 0, "write": 0}
+        for rec in recs:
+            part = by_vm.get(rec.id) if rec.worker is not None else None
+            p = rec.config["processor"]
+            disk = vmms.disk_meter.totals(rec.id) if part else no_disk
+            totals = part[2] if part else (0.0, 0.0, 0.0)
+            entry = {"VMName": rec.name, "VMId": rec.id, "State": rec.state.value,
+                     "CPUTime": float(totals[1]), "ThrottledTime": float(totals[2]),
+                     "Count": p["count"], "Reserve": p["reserve"], "Maximum": p["maximum"],
+                     "Interval": interval, "Window": window,
+                     "Samples": dict(zip(columns, part[3:])) if part else _empty_samples(),
+                     "TotalDiskRead": int(disk.get("read", 0)),
+                     "TotalDiskWrite": int(disk.get("write", 0))}
+            if with_view:
+                entry["VM"] = watch_view(vmms, rec)
+            out.append(entry)
+        return out
+    if not running:
+        return build({})
+    args = {"vm_ids": running} if names else {}
+    if since is not None:
+        args["since"] = since
+    if limit is not None:
+        args["limit"] = limit
+
+    def answer(ok: bool, res) -> None:
+        # asynchronous (parent/hypervisor_link.py): a hung hypervisor never stalls vmms's loop
+        if ok and isinstance(res, dict):
+            vmms.server.reply(req, build(res))
+        elif isinstance(res, HvError) and res.code == "Unavailable":
+            vmms.server.reply(req, build({"partitions": []}))
+        else:
+            vmms.server.reply_error(req, res if isinstance(res, HvError) else
+                                    HvError("Internal", "malformed ledger history"))
+    vmms.hv.call(hc.GET_LEDGER_HISTORY, args, answer, 2.0)
+    return DEFERRED

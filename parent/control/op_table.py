@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from hypervisor.hypercall_defs import GRANULE
+from hypervisor.runtime import limits
 from hypervisor.runtime.arg_checks import get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import Request
@@ -49,12 +50,19 @@ def size_arg(args: dict, key: str, default=None) -> int | None:
     value = args.get(key, default)
     if value is None:
         return None
-    n = parse_size(value)
-    if n <= 0 or n % GRANULE:
-        raise HvError("BadRequest", f"argument '{key}' must be a positive multiple of 2 MiB, got {n}")
+    n = parse_size(value, key)
+    if n <= 0 or n % GRANULE or n > limits.MAX_MEMORY_BYTES:
+        raise HvError("BadRequest", f"argument '{key}' must be a positive multiple of 2 MiB of at "
+                                    f"most {limits.MAX_MEMORY_BYTES >> 30} GiB, got {n}")
     return n
 
 
 def vm_arg(vmms: "Vmms", req: Request) -> "VmRecord":
-    """The VM named by argument `vm` (a name or an Id)."""
-    return vmms.find(get_str(req.args, "vm", max_len=200))
+    """The VM named by argument `vm` (a name or an Id). A VM whose stored configuration cannot
+    be served answers InvalidState naming the problem to every op but remove-vm (get-vm shows
+    it; parent/config_checks.py)."""
+    rec = vmms.find(get_str(req.args, "vm", max_len=200))
+    if rec.broken is not None and req.op != "remove-vm":
+        raise HvError("InvalidState", f"VM '{rec.name}' has a configuration that cannot be "
+                                      f"served ({rec.broken}); remove it with remove-vm")
+    return rec

@@ -117,8 +117,17 @@ def measure_vm(vmms, req):
     of the whole host; RAM and disk figures are bytes; MeteringDuration is the seconds metered
     (since the VM's partition was created)."""
     rec = vm_arg(vmms, req)
-    stats = vmms.partition_stats(fresh=True).get(rec.id) if rec.worker is not None else None
+    if rec.worker is None:
+        raise HvError("InvalidState", f"VM '{rec.name}' is not running; metering covers a running VM")
+    return vmms.with_stats(req, lambda all_stats: metering_view(vmms, rec, all_stats), fresh=True)
+
+
+def metering_view(vmms, rec, all_stats: dict) -> dict:
+    stats = all_stats.get(rec.id)
     if stats is None:
+        if vmms.hv_error is not None:
+            raise HvError(vmms.hv_error.code, f"metering of VM '{rec.name}' needs the hypervisor: "
+                                              f"{vmms.hv_error.message}")
         raise HvError("InvalidState", f"VM '{rec.name}' is not running; metering covers a running VM")
     cpu, mem = stats["cpu"], stats["memory"]
     disk = stats.get("disk") or vmms.disk_meter.totals(rec.id)   # from the storage driver, not the hypervisor

@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 
+from hypervisor.runtime import limits
 from hypervisor.runtime.arg_checks import get_bool, get_float, get_int, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import DEFERRED
@@ -23,12 +24,14 @@ from worker.vm_state import VmState, begin
 from worker.worker_defs import STOP_TIMEOUT_DEFAULT
 
 MIB = 1 << 20
+TURN_OFF_ANSWER = 3.0   # a worker that does not answer turn-off by then is killed
 
 
 @control_op("new-vm")
 def new_vm(vmms, req):
     """Create a VM (Off). Args: name, memory_startup_bytes (512MB), processor_count (1), guest (idle)."""
     name = check_name(req.args.get("name"))
+    limits.check_vm_count(len(vmms.vms))
     if any(r.name.lower() == name.lower() for r in vmms.vms.values()):
         raise HvError("AlreadyExists", f"a VM named '{name}' already exists")
     startup = size_arg(req.args, "memory_startup_bytes", 512 * MIB)
@@ -53,10 +56,11 @@ def get_vm(vmms, req):
     names = req.args.get("vms") or []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise HvError("BadRequest", "argument 'vms' must be a list of names or Ids")
+    if len(names) > limits.MAX_VMS:
+        raise HvError("BadRequest", f"argument 'vms' lists more than {limits.MAX_VMS} VMs")
     recs = [vmms.find(n) for n in names] if names else \
         sorted(vmms.vms.values(), key=lambda r: r.name.lower())
-    stats = vmms.partition_stats()
-    return [vmms.vm_view(r, stats) for r in recs]
+    return vmms.with_stats(req, lambda stats: [vmms.vm_view(r, stats) for r in recs])
 
 
 @control_op("start-vm")
@@ -108,11 +112,16 @@ def stop_vm(vmms, req):
     def refused(ok: bool, err) -> None:
         if ok or rec.worker is not handle or waiter not in rec.exit_waiters:
             return
+        if turn_off:  # a hung or refusing worker: pull the cord; its exit answers the client
+            import signal
+            vmms.log.warning("turn_off_kill", vm_id=rec.id, error=err.message)
+            handle.signal(signal.SIGKILL)
+            return
         rec.exit_waiters.remove(waiter)
         vmms.unlock(rec)
         vmms.server.reply_error(req, err)
     args = {"mode": "turn-off" if turn_off else "shutdown", "force": force, "timeout": timeout}
-    handle.send("stop", args, refused, timeout + 5.0)
+    handle.send("stop", args, refused, TURN_OFF_ANSWER if turn_off else timeout + 5.0)
     return DEFERRED
 
 
