@@ -23,10 +23,12 @@ def parse_size(text: str, key: str = "size") -> int:
         return text
     if not isinstance(text, str) or len(text) > 64:
         raise HvError("BadRequest", f"argument '{key}' must be a size like 512MB, got {str(text)[:64]!r}")
+    # hvctl's own parsing passes no key (the option is named by its caller); vmms names the field
+    what = f"size {text!r}" if key == "size" else f"argument '{key}': {text!r}"
     s = text.strip().upper()
     num = s.rstrip("KMGTIB").rstrip()
     unit = s[len(num):].strip()
-    bad = HvError("BadRequest", f"argument '{key}': {text!r} is not a number of bytes or a size "
+    bad = HvError("BadRequest", f"{what} is not a number of bytes or a size "
                                 "like 512MB, 1GB, 512MiB")
     if unit not in SIZE_UNITS or not num or not all(c.isdigit() or c == "." for c in num):
         raise bad
@@ -35,8 +37,8 @@ def parse_size(text: str, key: str = "size") -> int:
     except ValueError:
         raise bad from None
     if not math.isfinite(value) or value < 0 or value != int(value):
-        raise HvError("BadRequest", f"argument '{key}': {text!r} must be a whole, non-negative number of bytes")
+        raise HvError("BadRequest", f"{what} must be a whole, non-negative number of bytes")
     if value > MAX_SIZE:
-        raise HvError("BadRequest", f"argument '{key}': {text!r} is out of range")
+        raise HvError("BadRequest", f"{what} is out of range")
     return int(value)
 
