@@ -13,10 +13,12 @@ offloads writes a zero header).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
 import struct
+import subprocess
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -74,7 +76,18 @@ def create_persistent(name: str, owner: int | None = None) -> None:
 
 
 def delete_persistent(name: str) -> None:
-    fd = open_tap(name)
+    """Delete a persistent TAP; one still attached (EBUSY: its driver host has not let go
+    yet) is deleted by netlink, which detaches its users."""
+    try:
+        fd = open_tap(name)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        proc = subprocess.run(["ip", "link", "delete", name], capture_output=True, text=True,
+                              timeout=10, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        if proc.returncode != 0:
+            raise OSError(errno.EBUSY, proc.stderr.strip() or f"cannot delete {name}") from None
+        return
     try:
         fcntl.ioctl(fd, TUNSETPERSIST, 0)
     finally:
