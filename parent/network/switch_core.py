@@ -25,7 +25,8 @@ frames carry a 10-byte virtio-net header for checksum/segmentation offloads); th
 the MACs after it and counts bytes without it.
 
 Performance: one dict lookup per learned source and per unicast destination; a flood walks the
-VLAN's ports. Frames are never copied here (the same bytes object goes to every recipient).
+VLAN's ports. Frames (bytes or read-only memoryviews of a batch) are never copied here (the same
+object goes to every recipient), except into a shaping queue.
 """
 from __future__ import annotations
 
@@ -164,6 +165,7 @@ class Switch:
                 if len(port.queue) >= QUEUE_FRAMES or port.queued_bytes + size > QUEUE_BYTES:
                     port.counters.dropped_rate += 1
                     return []
+                frame = bytes(frame)      # a queued frame must not pin its whole batch
                 port.queue.append(frame)
                 port.queued_bytes += size
                 return self.release(now) if len(port.queue) == 1 else []
@@ -203,7 +205,7 @@ class Switch:
         c.rx_frames += 1
         c.rx_bytes += len(frame) - l2
         if not src[0] & 1:            # never learn a multicast source
-            self.macs[(vlan, src)] = (port.port_id, now)
+            self.macs[(vlan, bytes(src))] = (port.port_id, now)
         targets: list[str]
         if dst[0] & 1:                # broadcast or multicast
             targets = self._flood(port.port_id, vlan)

@@ -50,9 +50,11 @@ def split_batches(frames: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
     return out
 
 
-def decode_batch(payload: bytes) -> list[bytes]:
-    """The frames of one packet; RingProtocolError if the batch is malformed."""
+def decode_batch(payload: bytes) -> list[memoryview]:
+    """The frames of one packet, as views of it (no copy); RingProtocolError if the batch is
+    malformed."""
     out = []
+    view = memoryview(payload)
     pos, end = 0, len(payload)
     unpack = _LEN.unpack_from
     while pos < end:
@@ -62,7 +64,7 @@ def decode_batch(payload: bytes) -> list[bytes]:
         pos += 4
         if n == 0 or n > MAX_FRAME_BYTES or pos + n > end:
             raise RingProtocolError(f"netvsp: bad frame length {n} at offset {pos - 4}")
-        out.append(payload[pos:pos + n])
+        out.append(view[pos:pos + n])
         pos += n
     return out
 
