@@ -27,6 +27,7 @@ TOOLS = [t for t in ("ping", "iperf3", "tcpdump", "ip") if subprocess.run(["whic
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(bool(TOOLS), reason=f"missing tools {TOOLS} (scripts/bootstrap.sh installs them)")]
 NET = "10.231.7"            # addresses only inside namespaces these tests create
+GT = f"/tmp/hvemu-net-{uuid.uuid4().hex[:8]}"   # files in the guests' /tmp (private once sandboxed)
 
 
 class GuestShell:
@@ -111,6 +112,10 @@ def net(request, tmp_path_factory):
         yield host, shells, tmp
     finally:
         for s in shells.values():
+            try:
+                s.run(f"rm -rf {GT}-*", 10)
+            except (AssertionError, OSError):
+                pass
             s.close()
         stop_host(host, request)
 
@@ -147,13 +152,14 @@ def test_vlan_10_cannot_reach_vlan_20(net):
 
 
 def test_mirror_destination_captures_the_source_traffic(net):
-    host, sh, tmp = net
-    pcap = tmp / "mirror.pcap"
+    host, sh, _ = net
+    pcap, log = f"{GT}-mirror.pcap", f"{GT}-tcpdump.log"   # the guest's own /tmp
     host.call("set-vmnetworkadapter", vm="a", port_mirroring="Source")
     host.call("set-vmnetworkadapter", vm="m", port_mirroring="Destination")
     try:
-        sh["m"].ok(f"tcpdump -i eth0 -U -n -w {pcap} -c 4 icmp >{tmp}/tcpdump.log 2>&1 &")
-        wait_until(lambda: "listening" in (tmp / "tcpdump.log").read_text(), 10, what="tcpdump")
+        sh["m"].ok(f"rm -f {pcap}; tcpdump -i eth0 -U -n -w {pcap} -c 4 icmp >{log} 2>&1 &")
+        sh["m"].ok(f"for i in $(seq 100); do grep -q listening {log} && break; sleep 0.1; done; "
+                   f"grep -q listening {log}")      # bounded: 10 s
         sh["a"].ok(f"ping -c 2 -i 0.2 -W 2 {NET}.2")
         sh["m"].ok("wait", timeout=10)          # tcpdump ends after 4 packets
         out = sh["m"].ok(f"tcpdump -n -r {pcap}")
@@ -165,19 +171,20 @@ def test_mirror_destination_captures_the_source_traffic(net):
 
 
 def test_iperf3_survives_kill_of_the_switch_host(net):
-    host, sh, tmp = net
+    host, sh, _ = net
     before = next(d for d in host.call("get-vmhostdriver") if d["Name"] == "netvsp")
     host.call("set-vmnetworkadaptervlan", vm="a", access=True, vlan_id=7)
     host.call("set-vmnetworkadaptervlan", vm="b", access=True, vlan_id=7)
     try:
-        out = tmp / "iperf.json"
+        out = f"{GT}-iperf.json"      # in the guest
         start = adapter(host, "a")["BytesSent"]
         sh["a"].ok(f"iperf3 -c {NET}.2 -t 4 -J >{out} 2>&1 &")
         wait_until(lambda: adapter(host, "a")["BytesSent"] > start + (8 << 20), 10, interval=0.2,
                    what="the stream to be running")
         os.kill(before["ProcessId"], signal.SIGKILL)
         sh["a"].ok("wait", timeout=30)
-        result = json.loads(out.read_text())
+        text = sh["a"].ok(f"cat {out}")
+        result = json.loads(text[text.index("{"):])
         assert "error" not in result, result.get("error")
         assert result["end"]["sum_received"]["bytes"] > 1 << 20
         after = wait_until(lambda: next((d for d in host.call("get-vmhostdriver")
@@ -196,7 +203,7 @@ def test_iperf3_survives_kill_of_the_switch_host(net):
 
 @needs_root
 def test_internal_switch_host_reaches_http_server(net):
-    host, sh, tmp = net
+    host, sh, _ = net
     sw = host.hvctl("new-vmswitch", "inner", "--switch-type", "Internal")[1]
     ifname = sw["HostInterfaceName"]
     assert sw["SwitchType"] == "Internal" and len(ifname) <= 15
@@ -205,9 +212,8 @@ def test_internal_switch_host_reaches_http_server(net):
         host.call("connect-vmnetworkadapter", vm="b", switch_name="inner")
         host.call("set-vmnetworkadapter", vm="b", ip_address=["10.231.8.2/24"])
         wait_address(host, "b", "10.231.8.2", shell=sh["b"])
-        (tmp / "www").mkdir()
-        (tmp / "www" / "hello.txt").write_text("hello from the VM\n")
-        sh["b"].ok(f"cd {tmp}/www && (python3 -m http.server 8088 --bind 10.231.8.2 >/dev/null 2>&1 &) ; cd /")
+        sh["b"].ok(f"mkdir -p {GT}-www && echo 'hello from the VM' >{GT}-www/hello.txt")
+        sh["b"].ok(f"cd {GT}-www && (python3 -m http.server 8088 --bind 10.231.8.2 >/dev/null 2>&1 &) ; cd /")
 
         def fetch():
             try:
