@@ -298,15 +298,18 @@ class DriverHost:
             pass
 
     def _from_vmms(self) -> None:
-        msgs, closed = receive_messages(self.vmms, accept_fds=False)
+        msgs, closed = receive_messages(self.vmms, accept_fds=True)
         for msg in msgs:
+            fds = msg.pop("fds", [])
             if msg.get("t") == dp.STOP:
                 self.running = False      # monolithic model: vmms unloads the driver
             if msg.get("t") == dp.CONFIGURE and isinstance(msg.get("body"), dict):
                 try:
-                    self.driver.configure(msg["body"])
+                    self.driver.configure(msg["body"], fds)   # the driver owns the descriptors
                 except Exception:
                     self.log.exception("driver_configure_failed")
+            else:
+                close_fds(fds)
         if closed:
             self.log.info("vmms_gone")
             self.running = False

@@ -114,11 +114,44 @@ def driver_config(vmms) -> dict:
     return {"switches": switches(vmms), "ports": ports}
 
 
+def host_port_fds(vmms) -> dict[str, int]:
+    """vmms's own descriptor of each Internal/External switch's host side (opened once; the
+    switch host gets duplicates with each configuration, so it needs no privilege itself)."""
+    from parent.network.host_ports import open_host_port
+    held = vmms.__dict__.setdefault("_vmswitch_ports", {})
+    for sw in switches(vmms):
+        if sw["type"] != "Private" and sw["id"] not in held:
+            try:
+                held[sw["id"]] = open_host_port(sw)
+            except OSError as exc:
+                vmms.log.warning("host_port_unavailable", switch=sw["name"], error=str(exc))
+    return held
+
+
+def release_host_port(vmms, sid: str) -> None:
+    fd = vmms.__dict__.setdefault("_vmswitch_ports", {}).pop(sid, None)
+    if fd is not None:
+        os.close(fd)
+
+
 def push(vmms) -> None:
-    """The switch host's configuration, now (if it runs; else at its `ready`)."""
+    """The switch host's configuration, now (if it runs; else at its `ready`), with the host
+    ports' descriptors."""
     drivers = getattr(vmms, "drivers", None)
-    if drivers is not None:
-        drivers.send(DRIVER, {"t": "configure", "body": driver_config(vmms)})
+    if drivers is None:
+        return
+    body = driver_config(vmms)
+    held = host_port_fds(vmms)
+    fds: list[int] = []
+    specs = []
+    for sw in body["switches"]:
+        sw = dict(sw)
+        if held.get(sw["id"]) is not None:
+            sw["fd_index"] = len(fds)
+            fds.append(held[sw["id"]])
+        specs.append(sw)
+    body["switches"] = specs
+    drivers.send(DRIVER, {"t": "configure", "body": body}, fds)
 
 
 def on_driver_state(vmms, name: str, state: str) -> None:
@@ -309,6 +342,7 @@ def remove_vmswitch(vmms, req):
                                   for a in adapters_of(rec)])
     save_switches(vmms, [s for s in switches(vmms) if s["id"] != sw["id"]])
     push(vmms)
+    release_host_port(vmms, sw["id"])
     if sw.get("host_interface"):
         _delete_tap(vmms, sw["host_interface"])
     vmms.log.info("vmswitch_removed", name=sw["name"], switch_id=sw["id"], disconnected=len(users))

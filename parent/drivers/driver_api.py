@@ -30,6 +30,7 @@ host restart (same transaction id), so handlers should be idempotent.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import structlog
@@ -134,9 +135,12 @@ class Driver:
         `io.add_reader(fd, callback)`, `io.remove_reader(fd)` (a driver with descriptors of its
         own, e.g. netvsp's host TAP). `tick()` runs by `next_deadline()`."""
 
-    def configure(self, body: dict) -> None:
+    def configure(self, body: dict, fds: list[int] = ()) -> None:
         """Configuration vmms pushes to this driver (netvsp: its switches and ports), when the
-        host is ready and on every change."""
+        host is ready and on every change, with descriptors vmms opened for it (netvsp: the
+        host TAPs and packet sockets; the driver owns them: it keeps or closes each)."""
+        for fd in fds:
+            os.close(fd)
 
     def next_deadline(self) -> float:
         """When `tick()` must run next (monotonic seconds; inf: only on the host's own tick)."""

@@ -27,6 +27,7 @@ write per destination; frames are never copied between the rings except by the r
 """
 from __future__ import annotations
 
+import os
 import time
 
 from parent.drivers.driver_api import Driver, DriverChannel
@@ -79,7 +80,10 @@ class NetvspDriver(Driver):
         self.io = io
 
     # --- configuration from vmms ------------------------------------------------------------------
-    def configure(self, body: dict) -> None:
+    def configure(self, body: dict, fds: list[int] = ()) -> None:
+        """The whole configuration; `fds` are the switches' host-side descriptors (a spec's
+        `fd_index`), kept for a switch being added and closed otherwise."""
+        fds = list(fds)
         specs = {s["id"]: s for s in body.get("switches") or [] if isinstance(s, dict) and "id" in s}
         for sid in list(self.switches):
             old = self.switches[sid]
@@ -87,24 +91,35 @@ class NetvspDriver(Driver):
                 self._drop_switch(sid)
         for sid, spec in specs.items():
             if sid not in self.switches:
-                self._add_switch(spec)
+                index = spec.get("fd_index")
+                fd = None
+                if isinstance(index, int) and 0 <= index < len(fds) and fds[index] is not None:
+                    fd, fds[index] = fds[index], None
+                self._add_switch(spec, fd)
             else:
                 self.switches[sid].spec = spec
                 self.switches[sid].core.name = spec["name"]
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)          # a duplicate for a switch already served
         ports = body.get("ports")
         self.port_cfg = dict(ports) if isinstance(ports, dict) else {}
         self.configured = True
         for iid in set(self.channels) | set(self.attached):
             self._place(iid)
 
-    def _add_switch(self, spec: dict) -> None:
-        from parent.network.host_ports import HostTapPort, UplinkPort
+    def _add_switch(self, spec: dict, fd: int | None) -> None:
+        from parent.network.host_ports import open_host_port, port_for
         st = self.switches[spec["id"]] = SwitchState(spec)
+        if spec.get("type") not in ("Internal", "External"):
+            if fd is not None:
+                os.close(fd)
+            return
         try:
-            if spec.get("type") == "Internal" and spec.get("host_interface"):
-                st.host, st.host_port_id = HostTapPort(spec["host_interface"]), HOST_PORT
-            elif spec.get("type") == "External" and spec.get("net_adapter"):
-                st.host, st.host_port_id = UplinkPort(spec["net_adapter"]), UPLINK_PORT
+            if fd is None:
+                fd = open_host_port(spec)     # not handed over: open it here (needs privilege)
+            st.host = port_for(spec, fd)
+            st.host_port_id = HOST_PORT if spec.get("type") == "Internal" else UPLINK_PORT
         except OSError as exc:
             st.error = f"{spec.get('type')} switch {spec['name']!r}: {exc}"
             st.host = None

@@ -1,11 +1,15 @@
 """The switch's ports that are not VMs, as the netvsp driver host serves them.
 
 - `HostTapPort`: an Internal switch's host interface, a persistent TAP vmms created
-  (worker/tap_device.py `create_persistent`); the driver host attaches to it by name, so a
-  crash of the driver host leaves the interface and its addresses in place.
+  (worker/tap_device.py `create_persistent`), so a crash of the driver host leaves the
+  interface and its addresses in place.
 - `UplinkPort`: an External switch's uplink, an AF_PACKET socket bound to an existing host
   interface (promiscuous, PACKET_VNET_HDR so offloaded frames keep their virtio-net header,
   PACKET_IGNORE_OUTGOING so the switch does not hear its own frames back).
+
+vmms opens both (`open_host_port`: it has the privileges, CAP_NET_ADMIN / CAP_NET_RAW) and
+hands the driver host duplicates with its configuration (DESIGN §9: a driver host gets what it
+serves as descriptors), so the switch host itself needs no privilege.
 
 Both read and write whole frames with the 10-byte virtio-net header; `read()` answers what is
 waiting now (bounded), `write()` drops a frame the kernel has no room for (Ethernet).
@@ -27,10 +31,42 @@ ETH_P_ALL = 0x0003
 READ_BATCH = 64
 
 
+def open_uplink(ifname: str) -> socket.socket:
+    """An External switch's packet socket on host interface `ifname` (needs CAP_NET_RAW: vmms
+    opens it and hands the driver host a duplicate). OSError if the interface is missing."""
+    index = socket.if_nametoindex(ifname)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                         socket.htons(ETH_P_ALL))
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError:
+            pass     # older kernels: outgoing frames are filtered in read()
+        sock.bind((ifname, ETH_P_ALL))
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
+                        struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b""))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_host_port(spec: dict) -> int | None:
+    """A descriptor for a switch's host side (Internal: its TAP; External: a packet socket),
+    None for a Private switch. The caller owns it."""
+    if spec.get("type") == "Internal" and spec.get("host_interface"):
+        return tap_device.open_tap(spec["host_interface"])
+    if spec.get("type") == "External" and spec.get("net_adapter"):
+        return open_uplink(spec["net_adapter"]).detach()
+    return None
+
+
 class HostTapPort:
-    def __init__(self, ifname: str):
-        self.ifname = ifname
-        self.fd = tap_device.open_tap(ifname)
+    def __init__(self, fd: int):
+        self.fd = fd
+        os.set_blocking(fd, False)
         self.dropped = 0
 
     def fileno(self) -> int:
@@ -50,25 +86,9 @@ class HostTapPort:
 
 
 class UplinkPort:
-    def __init__(self, ifname: str):
-        self.ifname = ifname
-        index = socket.if_nametoindex(ifname)      # OSError if it is missing
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                             socket.htons(ETH_P_ALL))
-        try:
-            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-            try:
-                sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            except OSError:
-                pass     # older kernels: outgoing frames are filtered in read()
-            sock.bind((ifname, ETH_P_ALL))
-            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
-                            struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b""))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+    def __init__(self, fd: int):
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(False)
         self.dropped = 0
 
     def fileno(self) -> int:
@@ -94,3 +114,8 @@ class UplinkPort:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def port_for(spec: dict, fd: int):
+    """The port object serving a switch's host side over `fd` (which it then owns)."""
+    return HostTapPort(fd) if spec.get("type") == "Internal" else UplinkPort(fd)
