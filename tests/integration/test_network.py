@@ -179,8 +179,12 @@ def test_iperf3_survives_kill_of_the_switch_host(net):
         out = f"{GT}-iperf.json"      # in the guest
         start = adapter(host, "a")["BytesSent"]
         sh["a"].ok(f"iperf3 -c {NET}.2 -t 4 -J >{out} 2>&1 &")
-        wait_until(lambda: adapter(host, "a")["BytesSent"] > start + (8 << 20), 10, interval=0.2,
-                   what="the stream to be running")
+        try:
+            wait_until(lambda: adapter(host, "a")["BytesSent"] > start + (8 << 20), 20,
+                       interval=0.2, what="the stream to be running")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; iperf3 said: {sh['a'].run(f'cat {out}', 10)[1][-800:]!r}; "
+                                 f"adapter {adapter(host, 'a')}") from None
         os.kill(before["ProcessId"], signal.SIGKILL)
         sh["a"].ok("wait", timeout=30)
         text = sh["a"].ok(f"cat {out}")
