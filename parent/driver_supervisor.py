@@ -368,11 +368,12 @@ class DriverSupervisor:
     def send(self, name: str, msg: dict, fds: list[int] = ()) -> bool:
         """A message (and descriptors, duplicated into the host) to a running driver host (e.g.
         `configure`); False if it is not up."""
-        from worker.vmbus.transport import send_message
         drv = self.drivers.get(name)
-        if drv is None or drv.sock is None or drv.state not in ("Starting", "Running"):
+        host = drv.host if drv is not None else None
+        sock = getattr(host, "sock", None)
+        if sock is None or drv.state not in ("Starting", "Running"):
             return False
-        return send_message(drv.sock, msg, fds)
+        return send_message(sock, msg, fds)
 
     def describe(self) -> list[dict]:
         entries = registry.installed()
