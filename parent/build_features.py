@@ -20,7 +20,6 @@ SAVE_MISSING = "saved state is not in this build yet (save-vm, stop-vm --save an
 
 _SAVED = "saved state is not in this build yet"
 _CHECKPOINTS = "checkpoints are not in this build yet"
-_NETWORK = "virtual networking is not in this build yet"
 UNAVAILABLE: dict[str, str] = {
     "save-vm": _SAVED,
     "remove-vmsavedstate": _SAVED,
@@ -28,16 +27,6 @@ UNAVAILABLE: dict[str, str] = {
     "get-vmsnapshot": _CHECKPOINTS,
     "restore-vmsnapshot": _CHECKPOINTS,
     "remove-vmsnapshot": _CHECKPOINTS,
-    "new-vmswitch": _NETWORK,
-    "get-vmswitch": _NETWORK,
-    "remove-vmswitch": _NETWORK,
-    "add-vmnetworkadapter": _NETWORK,
-    "connect-vmnetworkadapter": _NETWORK,
-    "disconnect-vmnetworkadapter": _NETWORK,
-    "remove-vmnetworkadapter": _NETWORK,
-    "get-vmnetworkadapter": _NETWORK,
-    "set-vmnetworkadapter": _NETWORK,
-    "set-vmnetworkadaptervlan": _NETWORK,
     "top": "the live view (hvctl top) is not in this build yet",
     "web": "the web manager (hvctl web) is not in this build yet",
 }

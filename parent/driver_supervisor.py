@@ -138,6 +138,7 @@ class Driver:
     next_start: float | None = None
     ready_deadline: float | None = None
     info: dict = field(default_factory=dict)
+    driver_stats: dict = field(default_factory=dict)
     channels: int = 0
     protocol_errors: int = 0
     reason: str = ""                       # why it failed (or last crashed)
@@ -270,6 +271,8 @@ class DriverSupervisor:
                     drv.channels = msg["channels"]
                 if isinstance(msg.get("protocol_errors"), int):
                     drv.protocol_errors = msg["protocol_errors"]
+                if isinstance(msg.get("driver"), dict):
+                    drv.driver_stats = msg["driver"]      # the driver's own figures, last seen
                 if self.on_stats is not None and isinstance(msg.get("driver"), dict):
                     self.on_stats(drv.name, host.pid, msg["driver"])
             elif kind == "error":
@@ -361,6 +364,16 @@ class DriverSupervisor:
             drv.host.send_signal(signal.SIGTERM)
         else:
             self._start(drv)
+
+    def send(self, name: str, msg: dict, fds: list[int] = ()) -> bool:
+        """A message (and descriptors, duplicated into the host) to a running driver host (e.g.
+        `configure`); False if it is not up."""
+        drv = self.drivers.get(name)
+        host = drv.host if drv is not None else None
+        sock = getattr(host, "sock", None)
+        if sock is None or drv.state not in ("Starting", "Running"):
+            return False
+        return send_message(sock, msg, fds)
 
     def describe(self) -> list[dict]:
         entries = registry.installed()

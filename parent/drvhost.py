@@ -177,6 +177,7 @@ class DriverHost:
             send_message(conn.sock, {"t": dp.REFUSED, "channel_id": cid,
                                      "reason": "the driver failed to open the channel"})
             return
+        channel.endpoint = endpoint
         conn.channels[cid] = served
         self.sel.register(endpoint.fileno(), selectors.EVENT_READ, ("channel", served))
         send_message(conn.sock, {"t": dp.OPENED, "channel_id": cid})
@@ -286,6 +287,33 @@ class DriverHost:
         if served is not None:
             served.endpoint.send_completion(txid, kind, body)
 
+    # --- the driver's own descriptors (Driver.attach) -------------------------------------------
+    def add_reader(self, fd: int, callback) -> None:
+        self.sel.register(fd, selectors.EVENT_READ, ("driver", callback))
+
+    def remove_reader(self, fd: int) -> None:
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def _from_vmms(self) -> None:
+        msgs, closed = receive_messages(self.vmms, accept_fds=True)
+        for msg in msgs:
+            fds = msg.pop("fds", [])
+            if msg.get("t") == dp.STOP:
+                self.running = False      # monolithic model: vmms unloads the driver
+            if msg.get("t") == dp.CONFIGURE and isinstance(msg.get("body"), dict):
+                try:
+                    self.driver.configure(msg["body"], fds)   # the driver owns the descriptors
+                except Exception:
+                    self.log.exception("driver_configure_failed")
+            else:
+                close_fds(fds)
+        if closed:
+            self.log.info("vmms_gone")
+            self.running = False
+
     # --- workers ---------------------------------------------------------------------------------
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -356,26 +384,25 @@ class DriverHost:
         next_tick = time.monotonic() + TICK
         try:
             while self.running:
-                timeout = max(0.0, next_tick - time.monotonic())
-                for key, _ in self.sel.select(timeout):
+                wake = min(next_tick, self.driver.next_deadline())
+                for key, _ in self.sel.select(max(0.0, wake - time.monotonic())):
                     what, obj = key.data
                     if what == "channel":
                         self._serve(obj)
+                    elif what == "driver":
+                        obj()
                     elif what == "worker":
                         self._worker_readable(obj)
                     elif what == "listen":
                         self._accept(obj)
                     elif what == "vmms":
-                        msgs, closed = receive_messages(self.vmms, accept_fds=False)
-                        if closed:
-                            self.log.info("vmms_gone")
-                            self.running = False
-                        if any(msg.get("t") == dp.STOP for msg in msgs):
-                            self.running = False
+                        self._from_vmms()
                     elif what == "signal":
                         if any(b in (signal.SIGTERM, signal.SIGINT) for b in os.read(rfd, 64)):
                             self.running = False
                 now = time.monotonic()
+                if now >= wake:
+                    self.driver.tick(now)
                 if now >= next_tick:
                     next_tick = now + TICK
                     for conn in list(self.conns.values()):
@@ -423,7 +450,9 @@ def serve_in_process(home_root: str, name: str, vmms: socket.socket, log) -> Non
     try:
         driver = _load(name, home, vmms, log)
         if driver is not None:
-            DriverHost(home, name, driver, vmms, log).serve(in_process=True)
+            host = DriverHost(home, name, driver, vmms, log)
+            driver.attach(host)
+            host.serve(in_process=True)
     finally:
         pidfile.release()
         log.info("drvhost_stopped")
@@ -470,7 +499,9 @@ def main(argv=None) -> None:
         driver = _load(name, home, vmms, log)
         if driver is None:
             raise SystemExit(3)
-        DriverHost(home, name, driver, vmms, log).serve(listener=listener)
+        host = DriverHost(home, name, driver, vmms, log)
+        driver.attach(host)
+        host.serve(listener=listener)
     finally:
         try:
             pidfile.release()

@@ -1,5 +1,6 @@
 """What a VM's configuration puts on its VMBus: the devices served by parent-hosted drivers
-(its own `devices`, and one `storvsp` device per hard disk drive) and its integration services.
+(its own `devices`, one `storvsp` device per hard disk drive, one `netvsp` device per network
+adapter) and its integration services.
 
 Pure functions of the configuration, used by vmms when it launches a worker and by the control
 ops that change devices, drives and services (parent/control/).
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
 
 DEVICES_KEY = "devices"
 DRIVES_KEY = "hard_disk_drives"
+ADAPTERS_KEY = "network_adapters"
 STORAGE_DRIVER = "storvsp"
+NETWORK_DRIVER = "netvsp"
 
 
 def devices_of(rec: "VmRecord") -> list[dict]:
@@ -44,9 +47,24 @@ def storage_devices(rec: "VmRecord") -> list[dict]:
             for d in sorted(drives_of(rec), key=lambda d: d["controller_location"])]
 
 
+def adapters_of(rec: "VmRecord") -> list[dict]:
+    """The VM's network adapters (add-vmnetworkadapter; parent/control/network_ops.py), in
+    adapter order."""
+    return [dict(a) for a in rec.config.get(ADAPTERS_KEY) or []]
+
+
+def net_devices(rec: "VmRecord") -> list[dict]:
+    """The VMBus devices a VM's network adapters become: one `netvsp` channel each (its switch
+    port), in adapter order (the guest's eth<index>)."""
+    return [{"driver": NETWORK_DRIVER, "instance_id": a["instance_id"],
+             "settings": {"mac": a["mac"], "index": str(i), "name": a["name"]}}
+            for i, a in enumerate(adapters_of(rec))]
+
+
 def vm_devices(rec: "VmRecord") -> list[dict]:
-    """Every VMBus device a running VM has: its own and its hard disk drives'."""
-    return devices_of(rec) + storage_devices(rec)
+    """Every VMBus device a running VM has: its own, its hard disk drives' and its network
+    adapters'."""
+    return devices_of(rec) + storage_devices(rec) + net_devices(rec)
 
 
 def enabled_services(rec: "VmRecord") -> dict[str, bool]:

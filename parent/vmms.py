@@ -45,7 +45,7 @@ from parent.disk_metering import DiskMeter
 from parent.driver_supervisor import DriverSupervisor
 from parent.drivers import registry
 from parent.hypervisor_link import HypervisorLink
-from parent.vm_devices import enabled_services, vm_devices
+from parent.vm_devices import NETWORK_DRIVER, enabled_services, vm_devices
 from parent.vm_record import VmRecord
 from parent.worker_supervisor import ForkServer, WorkerHandle, find_live_workers, signal_worker
 from worker.vm_state import VmState
@@ -260,6 +260,9 @@ class Vmms:
 
     def on_driver_state(self, name: str, state: str, reason: str) -> None:
         """The driver supervisor's news (back, or failed), for the workers whose VMs use it."""
+        if name == NETWORK_DRIVER and state == "Running":
+            from parent.control.network_ops import push
+            push(self)   # the switch host gets its switches and ports back before any channel
         for rec in self.vms.values():
             if rec.worker is not None and any(d["driver"] == name for d in vm_devices(rec)):
                 rec.worker.send("driver-state", {"driver": name, "state": state, "reason": reason},

@@ -169,7 +169,9 @@ class Worker:
             link.send({"t": "boot", "program": cfg.get("guest", "idle"),
                        "vps": processor.get("count", 1),
                        "memory_size": made["memory_size"], "memory_map_size": made["memory_map_size"],
-                       "dynamic_memory": bool(cfg.get("memory", {}).get("dynamic"))}, [ram])
+                       "dynamic_memory": bool(cfg.get("memory", {}).get("dynamic")),
+                       "network": any(d.get("driver") == "netvsp" for d in cfg.get("devices") or [])},
+                      [ram])
         finally:
             os.close(ram)
         self.boot_deadline = time.monotonic() + BOOT_DEADLINE

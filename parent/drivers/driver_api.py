@@ -30,6 +30,7 @@ host restart (same transaction id), so handlers should be idempotent.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import structlog
@@ -62,6 +63,7 @@ class DriverChannel:
         self.state: Any = None            # the driver's own per-channel state
         self.requests = 0
         self.files: dict[str, int] = {}   # files of the device opened by the parent, by path
+        self.endpoint = None              # the host's ChannelEndpoint (a driver's fast path)
 
     def take_file(self, path: str) -> int | None:
         """The descriptor of a file the device's settings name, opened and handed over by the
@@ -127,6 +129,25 @@ class Driver:
         self.context = context if context is not None else DriverContext(type(self).name)
         self.name = self.context.name
         self.log = self.context.log
+
+    def attach(self, io) -> None:
+        """Called once, before any channel, with the driver host's loop services:
+        `io.add_reader(fd, callback)`, `io.remove_reader(fd)` (a driver with descriptors of its
+        own, e.g. netvsp's host TAP). `tick()` runs by `next_deadline()`."""
+
+    def configure(self, body: dict, fds: list[int] = ()) -> None:
+        """Configuration vmms pushes to this driver (netvsp: its switches and ports), when the
+        host is ready and on every change, with descriptors vmms opened for it (netvsp: the
+        host TAPs and packet sockets; the driver owns them: it keeps or closes each)."""
+        for fd in fds:
+            os.close(fd)
+
+    def next_deadline(self) -> float:
+        """When `tick()` must run next (monotonic seconds; inf: only on the host's own tick)."""
+        return float("inf")
+
+    def tick(self, now: float) -> None:
+        """Timed work (called at least every driver-host tick and by `next_deadline()`)."""
 
     def open(self, channel: DriverChannel) -> None:
         """A guest opened a device of this class. Raise DriverRefused to decline."""

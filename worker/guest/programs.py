@@ -117,7 +117,7 @@ class RunningProgram:
     def start_command(self, cmd: str) -> subprocess.Popen:
         self.command = subprocess.Popen(
             ["/bin/sh", "-c", cmd], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
+            stderr=subprocess.STDOUT, env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/"},
             process_group=0, close_fds=True)
         return self.command
 

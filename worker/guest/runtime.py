@@ -79,6 +79,7 @@ class Guest:
         self.halt_reason: str | None = None
         self.init = os.getpid() == 1       # pid 1 of the partition: every orphan is ours to reap
         self.hypercall_seq = 0
+        self.net = None               # worker/guest/net_adapter.NetAdapters when it has adapters
 
     def _watch(self, fd: int, callback) -> None:
         self.sel.register(fd, selectors.EVENT_READ, callback)
@@ -110,6 +111,15 @@ class Guest:
         self.link.send({"t": "hypercall", "id": self.hypercall_seq, "op": op, "args": args})
 
     def boot(self, msg: dict) -> None:
+        net_note = None
+        if msg.get("network"):   # adapters: a network namespace of its own, before the program
+            from worker.guest import net_namespace
+            from worker.guest.net_adapter import NetAdapters
+            try:
+                net_note = f"network namespace: {net_namespace.enter()}"
+                self.net = NetAdapters(self.services)
+            except OSError as exc:
+                net_note = f"no network namespace, adapters unavailable: {exc}"
         fds, size = list(msg.get("fds") or ()), int(msg.get("memory_size") or 0)
         for extra in fds[1:]:
             os.close(extra)
@@ -124,6 +134,8 @@ class Guest:
         else:
             self.services.console = RuntimeConsole(self, self.console_send)
             self.services.console.log(f"hvemu guest runtime: {self.name} booted, program {self.spec}")
+            if net_note:
+                self.services.console.log(net_note)
         self.services.start()  # VMBus contact: the worker answers with its offers
 
     def start_program(self, spec_text: str, vps: int) -> None:

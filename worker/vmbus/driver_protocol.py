@@ -31,6 +31,9 @@ HELLO, OPEN, OPENED, REFUSED, CLOSE, CLOSED, FAILED = (
 READY, STATS = "ready", "stats"
 # vmms -> a driver host served inside the hypervisor (monolithic model): unload the driver
 STOP = "stop"
+# vmms -> drvhost: {t: configure, body} + fds, handed to Driver.configure (netvsp's switches and
+# the host-side descriptors vmms opened for them)
+CONFIGURE = "configure"
 
 
 

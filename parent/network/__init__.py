@@ -1,0 +1,1 @@
+"""The virtual switch: its pure forwarding core and the host-side ports (TAP, packet socket)."""
