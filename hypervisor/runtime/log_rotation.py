@@ -20,6 +20,9 @@ class RotatingFile:
         self.max_bytes, self.keep, self.binary = max_bytes, max(1, keep), binary
         self._f = None
         self._size = 0
+        # Opened now, not at the first write: a process that then enters its sandbox (a drvhost)
+        # can no longer open anything in the home, but keeps this descriptor.
+        self._open()
 
     def _open(self):
         if self._f is None:
@@ -32,6 +35,12 @@ class RotatingFile:
         return self._f
 
     def rotate(self) -> None:
+        if not os.access(self.path.parent, os.W_OK):
+            # sandboxed (no access to the logs folder): the held file starts over, still bounded
+            self._f.flush()
+            os.ftruncate(self._f.fileno(), 0)
+            self._size = 0
+            return
         if self._f is not None:
             self._f.close()
             self._f = None
