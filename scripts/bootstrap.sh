@@ -1,23 +1,16 @@
 # Sourced by scripts/demo and scripts/test: create or reuse .venv and install the project.
-<<<<<<< HEAD
 # Debian packages the tests and benchmarks use (qemu-img, cpulimit, socat; chromium and
-# chromium-driver for the web manager's browser test) are installed when
-=======
-# Debian packages the tests and benchmarks use (qemu-img, cpulimit, socat; ping, iperf3, tcpdump,
-# ip for the network tests) are installed when
->>>>>>> 10b7977 (netvsp: the virtual switch as a parent-hosted driver; guest adapters as TAPs in the partition's network namespace; switch and adapter ops and hvctl commands; driver hooks for own descriptors, timers and vmms configuration)
+# chromium-driver for the web manager's browser test; ping, iperf3, tcpdump, ip for the network
+# tests) are installed when
 # missing and we may (root or sudo); everything Python comes from PyPI into .venv.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 need_apt=()
-<<<<<<< HEAD
-for pair in qemu-img:qemu-utils cpulimit:cpulimit socat:socat chromium:chromium chromedriver:chromium-driver; do
-=======
-for pair in qemu-img:qemu-utils cpulimit:cpulimit socat:socat ping:iputils-ping iperf3:iperf3 \
-            tcpdump:tcpdump ip:iproute2; do
->>>>>>> 10b7977 (netvsp: the virtual switch as a parent-hosted driver; guest adapters as TAPs in the partition's network namespace; switch and adapter ops and hvctl commands; driver hooks for own descriptors, timers and vmms configuration)
+for pair in qemu-img:qemu-utils cpulimit:cpulimit socat:socat chromium:chromium \
+            chromedriver:chromium-driver ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump \
+            ip:iproute2; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair##*:}")
 done
 if [ "${#need_apt[@]}" -gt 0 ] && [ "${HVEMU_SKIP_APT:-0}" != 1 ]; then
