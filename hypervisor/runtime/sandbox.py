@@ -63,10 +63,13 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 
 @dataclass(frozen=True)
 class Mount:
-    """One mount of a plan: `kind` proc | sysfs | tmpfs | expose (see `exposures`) | hide (an empty read-only tmpfs over a path)."""
+    """One mount of a plan: `kind` proc | sysfs | tmpfs | expose (see `exposures`) | hide (an empty read-only tmpfs over a path).
+    A tmpfs may carry `binds`: paths under its target that stay readable (read-only binds), e.g.
+    the code of a checkout that lies under /tmp."""
     kind: str
     target: str
     options: str = ""
+    binds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,19 @@ def python_paths() -> list[str]:
             if p and os.path.isdir(p)]
 
 
+def private_tmp(target: str, options: str, hide=(), needed=None) -> Mount:
+    """A private tmpfs over `target` that keeps the interpreter's code readable when it lies
+    below `target` (a checkout under /tmp), but never a folder holding a hidden path. Pure given
+    `needed`."""
+    needed = python_paths() if needed is None else needed
+    hidden = [os.path.abspath(os.fspath(h)) for h in hide]
+    under = sorted({os.path.abspath(p) for p in needed
+                    if os.path.abspath(p).startswith(target + "/")})
+    under = [p for p in under if not any(h == p or h.startswith(p + "/") for h in hidden)]
+    keep = [p for p in under if not any(p != q and p.startswith(q + "/") for q in under)]
+    return Mount("tmpfs", target, options, tuple(keep))
+
+
 def _hidden(hide) -> tuple[Mount, ...]:
     out = []
     for path in hide:
@@ -143,7 +159,7 @@ def partition_plan(mode: str, uid: int | None, gid: int | None, hostname: str,
     in `Full` mode, so the guest is pid 1 of its own PID namespace)."""
     if mode not in MODES:
         raise ValueError(f"isolation mode {mode!r} is not one of {MODES}")
-    tmpfs = (Mount("tmpfs", "/tmp", f"size={tmp_size},mode=1777"),
+    tmpfs = (private_tmp("/tmp", f"size={tmp_size},mode=1777", hide),
              Mount("tmpfs", "/dev/shm", f"size={tmp_size},mode=1777"))
     if mode == "None":
         return SandboxPlan("None", dumpable=True,
@@ -177,7 +193,7 @@ def driver_plan(mode: str, uid: int | None, gid: int | None, hide=()) -> Sandbox
         raise ValueError("Full isolation needs the driver's own (non-root) uid and gid")
     return SandboxPlan("Full", uid=uid, gid=gid, host_flags=CLONE_NEWNS | CLONE_NEWIPC,
                        host_mounts=(Mount("proc", "/proc"),
-                                    Mount("tmpfs", "/tmp", f"size={16 << 20},mode=1777"),
+                                    private_tmp("/tmp", f"size={16 << 20},mode=1777", hide),
                                     Mount("tmpfs", "/dev/shm", f"size={16 << 20},mode=1777"))
                        + exposures(python_paths()) + _hidden(hide))
 
@@ -285,7 +301,18 @@ def _mount_one(m: Mount) -> None:
     elif m.kind == "sysfs":
         mount("sysfs", m.target, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     elif m.kind == "tmpfs":
-        mount("tmpfs", m.target, "tmpfs", MS_NOSUID | MS_NODEV, m.options)
+        fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in m.binds]  # before they are covered
+        old = os.umask(0o022)   # folders leading to a bind must be open to the sandbox's uid
+        try:
+            mount("tmpfs", m.target, "tmpfs", MS_NOSUID | MS_NODEV, m.options)
+            for p, fd in zip(m.binds, fds):
+                os.makedirs(p, mode=0o755, exist_ok=True)
+                mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
+                mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+        finally:
+            os.umask(old)
+            for fd in fds:
+                os.close(fd)
     elif m.kind == "expose":
         keep = [p for p in m.options.split(":") if p]
         fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in keep]

@@ -94,3 +94,13 @@ def test_cgroup_layout_v1_and_v2():
     assert v2.memory_file("p3") == Path("/cg/hvemu-abc/p3/memory.max")
     assert v2.freeze_write(False) == ("cgroup.freeze", "0") and v2.dirs("p3") == [Path("/cg/hvemu-abc/p3")]
     assert memory_limit(64 << 20) == (64 << 20) + MEMORY_OVERHEAD
+
+
+def test_private_tmp_keeps_code_under_tmp_readable_but_never_a_hidden_home():
+    needed = ["/tmp/ci/.venv/lib/python3.11/site-packages", "/tmp/ci", "/usr/lib/python3.11"]
+    m = sb.private_tmp("/tmp", "size=1m", hide=["/tmp/hv123"], needed=needed)
+    assert m.kind == "tmpfs" and m.binds == ("/tmp/ci",)
+    # a home inside the checkout is never exposed by it
+    m = sb.private_tmp("/tmp", "size=1m", hide=["/tmp/ci/home"], needed=needed)
+    assert m.binds == ("/tmp/ci/.venv/lib/python3.11/site-packages",)
+    assert sb.private_tmp("/tmp", "size=1m", needed=["/usr/lib"]).binds == ()
