@@ -544,12 +544,21 @@ class VhdxDisk:
                                             "blocks")
             changes["log_guid"] = uuid.uuid4()
         self._data_guid_changed = True
+        if "log_guid" in changes:
+            # A header naming a LogGuid must never meet a log without an entry of that GUID
+            # (a crash right after the header update would leave a file nobody may open): a
+            # no-op entry — the first BAT sector as it is — goes into the log first.
+            writer = LogWriter(self._header.log_offset, self._header.log_length,
+                               changes["log_guid"])
+            fd = self._live_fd()
+            first = self._bat.region_offset
+            writer.write_entry(fd, [(first, os.pread(fd, 4096, first))], os.fstat(fd).st_size)
+            os.fsync(fd)
         if changes:
             self._update_header(**changes)
             self._file_guid_changed = True
             if "log_guid" in changes:
-                self._log_writer = LogWriter(self._header.log_offset, self._header.log_length,
-                                             self._header.log_guid)
+                self._log_writer = writer
 
     def _piece_bits(self, within: int, length: int) -> int:
         lss = self.params.logical_sector_size
