@@ -105,6 +105,7 @@ def register_commands() -> None:
     from parent.cli import host_commands, resource_commands, vm_commands  # noqa: F401  (they attach to `cli`)
     from parent.cli import disk_commands  # noqa: F401
     from parent.cli import driver_commands, integration_commands  # noqa: F401
+    from parent.cli import saved_state_commands  # noqa: F401
     # (new command modules: import them above this line)
     add_unavailable_commands()
     from parent.cli import vm_selection

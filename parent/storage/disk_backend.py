@@ -83,7 +83,7 @@ def _vhdx_create(path: str, size: int, **options) -> None:
 
 # The one table of disk formats. Openers are imported lazily so the table costs nothing to load.
 DISK_FORMATS: dict[str, DiskFormat] = {
-    "VHDX": DiskFormat("VHDX", (".vhdx",), _vhdx_open, _vhdx_create,
+    "VHDX": DiskFormat("VHDX", (".vhdx", ".avhdx"), _vhdx_open, _vhdx_create,
                        "Hyper-V virtual hard disk v2 (dynamic or fixed)"),
 }
 
