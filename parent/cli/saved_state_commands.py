@@ -73,3 +73,21 @@ def merge_vhd(g, path, destination_path):
         bar.close()
     result = {"Path": parent, "MergedPath": path, "Seconds": round(time.monotonic() - started, 3)}
     print_json(result) if g.json else print(f"merged {path} into {parent}")
+
+
+@cli.command("save-vm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def save_vm(g, names):
+    """Running/Paused → Saved: guest memory and device state to disk; the worker exits."""
+    from parent.cli.vm_commands import for_each_vm
+    for_each_vm(g, "save-vm", names)
+
+
+@cli.command("remove-vmsavedstate")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def remove_vmsavedstate(g, names):
+    """Discard a Saved VM's state (→ Off)."""
+    from parent.cli.vm_commands import for_each_vm
+    for_each_vm(g, "remove-vmsavedstate", names)
