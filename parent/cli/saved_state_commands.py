@@ -91,3 +91,88 @@ def remove_vmsavedstate(g, names):
     """Discard a Saved VM's state (→ Off)."""
     from parent.cli.vm_commands import for_each_vm
     for_each_vm(g, "remove-vmsavedstate", names)
+
+
+SNAPSHOT_COLUMNS = [("VMName", "VMName"), ("Name", "Name"), ("SnapshotType", "SnapshotType"),
+                    ("CreationTime", "CreationTime"), ("ParentSnapshotName", "ParentSnapshotName")]
+
+
+def show_snapshots(g, snaps: list[dict]) -> None:
+    from parent.cli.output import print_table
+    print_json(snaps) if g.json else print_table(SNAPSHOT_COLUMNS, snaps)
+
+
+@cli.command("checkpoint-vm")
+@click.argument("name")
+@click.option("--snapshot-name", help="default: the VM's name and the time")
+@click.option("--snapshot-type", type=click.Choice(["Standard", "Production"]),
+              default="Standard", show_default=True,
+              help="Standard: memory and disks; Production: disks only, after the guest quiesced")
+@click.pass_obj
+def checkpoint_vm(g, name, snapshot_name, snapshot_type):
+    """Create a checkpoint of a VM (its disks continue on new differencing disks)."""
+    snap = g.client.call("checkpoint-vm", vm=name, snapshot_name=snapshot_name,
+                         snapshot_type=snapshot_type, timeout=700)
+    show_snapshots(g, [snap]) if not g.json else print_json(snap)
+
+
+@cli.command("get-vmsnapshot")
+@click.argument("name")
+@click.pass_obj
+def get_vmsnapshot(g, name):
+    """A VM's checkpoints (the tree: ParentSnapshotName)."""
+    show_snapshots(g, g.client.call("get-vmsnapshot", vm=name))
+
+
+@cli.command("restore-vmsnapshot")
+@click.argument("name")
+@click.option("--name", "snapshot", required=True, help="the checkpoint")
+@click.pass_obj
+def restore_vmsnapshot(g, name, snapshot):
+    """Return a VM (Off or Saved) to a checkpoint: Saved with its memory, or Off."""
+    vm = g.client.call("restore-vmsnapshot", vm=name, name=snapshot)
+    print_json(vm) if g.json else print(f"VM '{vm['Name']}' is {vm['State']} at checkpoint "
+                                        f"'{snapshot}'")
+
+
+@cli.command("remove-vmsnapshot")
+@click.argument("name")
+@click.option("--name", "snapshot", required=True, help="the checkpoint")
+@click.option("--include-all-child-snapshots", is_flag=True, help="its whole subtree too")
+@click.pass_obj
+def remove_vmsnapshot(g, name, snapshot, include_all_child_snapshots):
+    """Delete a checkpoint, merging its differencing disks (a progress bar for a long merge)."""
+    import threading
+
+    from hypervisor.runtime.errors import HvError
+    from parent.client import Client
+    vm = g.client.call("get-vm", vms=[name])[0]
+    stream = g.client.events(vm["Id"])
+    outcome: dict = {}
+
+    def work():
+        worker_client = Client(g.home)
+        try:
+            outcome["result"] = worker_client.call(
+                "remove-vmsnapshot", vm=name, name=snapshot, timeout=3600,
+                include_all_child_snapshots=include_all_child_snapshots)
+        except HvError as err:
+            outcome["error"] = err
+        finally:
+            worker_client.close()
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    bar = MergeProgress("merging disks", quiet=g.json)
+    try:
+        while thread.is_alive():
+            item = stream._receive(0.1)
+            if item and item[1].get("Event") == "merge-progress":
+                bar(int(item[1].get("Done", 0)), int(item[1].get("Total", 0)))
+        thread.join()
+    finally:
+        bar.close()
+        stream.close()
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    print_json(result) if g.json else print("removed " + ", ".join(result["removed"]))

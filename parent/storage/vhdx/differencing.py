@@ -103,10 +103,12 @@ def _runs(extents, limit: int):
 
 
 def merge_into_parent(child_path: str | os.PathLike, *, reparent: tuple = (),
-                      progress: Callable[[int, int], None] | None = None) -> str:
+                      progress: Callable[[int, int], None] | None = None,
+                      delete: bool = True) -> str:
     """Merge differencing disk `child_path` into its parent, re-point each disk in `reparent`
-    (children of the child) at the parent, delete the child; answer the parent's path. See the
-    module doc for why a crash at any point is harmless."""
+    (children of the child) at the parent, delete the child (unless `delete` is False: a caller
+    that must first re-point its own references deletes it after); answer the parent's path.
+    See the module doc for why a crash at any point is harmless."""
     child_path = os.path.abspath(os.fspath(child_path))
     child = open_vhdx(child_path, writable=True, with_parent=False)
     try:
@@ -149,6 +151,8 @@ def merge_into_parent(child_path: str | os.PathLike, *, reparent: tuple = (),
                       parent_path, final)
     finally:
         child.close()
+    if not delete:
+        return parent_path
     try:
         os.unlink(child_path)
     except FileNotFoundError:
