@@ -73,6 +73,7 @@ class Vmms:
             self.pub = self.ctx.socket(zmq.XPUB)
             self.pub.setsockopt(zmq.LINGER, 0)
             self.pub.setsockopt(zmq.SNDHWM, 10000)
+            self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)   # a second subscriber to a topic is confirmed too
             self.pub.bind(self.home.events_endpoint)
         finally:
             os.umask(old)

@@ -14,7 +14,7 @@ in its RAM; the host's side (integration services, KVP host pool, drives) is the
 configuration, and a restored guest opens its channels afresh and re-issues nothing, because it
 saved only after every request in flight had completed.
 | RAM | the segments' bytes, in order |
-| trailer | SHA-256 of everything before it (32), then `HVEMU-END` (9) |
+| trailer | CRC-32 of everything before it (u32), then `HVEMU-END` (9) |
 
 Only the RAM that holds data is written: the RAM object is sparse (a tmpfs file), and
 `SEEK_DATA`/`SEEK_HOLE` find its data; runs of zero pages inside data are written as they are.
@@ -25,15 +25,18 @@ half file under the final name; `read_meta` refuses a file whose size does not a
 `load_into` refuses one whose checksum does not match (after which the RAM it filled is thrown
 away with the partition). Errors are `HvError("SavedStateInvalid", …)` naming the problem.
 
-Performance: one pass, 8 MiB reads and writes, SHA-256 computed on the way (hashlib releases
-the GIL and uses the CPU's SHA extensions where it has them). See scripts/bench/saved-state.
+Performance: one pass, 8 MiB reads and writes, the checksum computed on the way. CRC-32 (zlib)
+rather than SHA-256: it catches accidental damage (a torn or truncated write, a flipped block),
+which is its job here, at about twice SHA-256's speed on a CPU without SHA extensions (measured
+here: 612 vs 325 MiB/s) — the checksum is on the save and the restore path of every byte of RAM.
+See scripts/bench/saved-state.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import struct
+import zlib
 
 from hypervisor.runtime.errors import HvError
 
@@ -41,7 +44,7 @@ MAGIC = b"HVEMU-VMRS" + bytes(6)
 VERSION = 1
 END = b"HVEMU-END"
 _HEAD = struct.Struct("<16sII")
-TRAILER = 32 + len(END)
+TRAILER = 4 + len(END)
 IO_SIZE = 8 << 20
 MAX_META = 16 << 20
 
@@ -78,10 +81,10 @@ def write_vmrs(path: str | os.PathLike, meta: dict, ram_fd: int, ram_size: int) 
     body = wire.pack(meta)
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    digest = hashlib.sha256()
+    crc = 0
     try:
         head = _HEAD.pack(MAGIC, VERSION, len(body)) + body
-        digest.update(head)
+        crc = zlib.crc32(head)
         os.write(fd, head)
         buf = bytearray(IO_SIZE)
         view = memoryview(buf)
@@ -91,10 +94,10 @@ def write_vmrs(path: str | os.PathLike, meta: dict, ram_fd: int, ram_size: int) 
                 n = os.preadv(ram_fd, [view[:min(IO_SIZE, length - done)]], offset + done)
                 if n <= 0:
                     raise OSError(errno.EIO, "guest RAM shrank while it was being saved")
-                digest.update(view[:n])
+                crc = zlib.crc32(view[:n], crc)
                 _write_all(fd, view[:n])
                 done += n
-        _write_all(fd, digest.digest() + END)
+        _write_all(fd, struct.pack("<I", crc) + END)
         os.fsync(fd)
         total = os.fstat(fd).st_size
     except BaseException:
@@ -169,12 +172,11 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 
 def load_into(path: str | os.PathLike, meta: dict, ram_fd: int, ram_size: int) -> None:
-    """Copy the saved RAM into `ram_fd` (sized `ram_size`) and check the file's SHA-256."""
+    """Copy the saved RAM into `ram_fd` (sized `ram_size`) and check the file's checksum."""
     path = os.fspath(path)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        digest = hashlib.sha256()
-        digest.update(os.pread(fd, meta["_data_offset"], 0))
+        crc = zlib.crc32(os.pread(fd, meta["_data_offset"], 0))
         pos = meta["_data_offset"]
         buf = bytearray(IO_SIZE)
         view = memoryview(buf)
@@ -187,11 +189,11 @@ def load_into(path: str | os.PathLike, meta: dict, ram_fd: int, ram_size: int) -
                 n = os.preadv(fd, [view[:min(IO_SIZE, length - done)]], pos)
                 if n <= 0:
                     raise invalid(path, "the saved-state file is truncated")
-                digest.update(view[:n])
+                crc = zlib.crc32(view[:n], crc)
                 os.pwrite(ram_fd, view[:n], offset + done)
                 done += n
                 pos += n
-        if os.pread(fd, 32, pos) != digest.digest():
+        if os.pread(fd, 4, pos) != struct.pack("<I", crc):
             raise invalid(path, "the saved-state file's checksum does not match (corrupt)")
     finally:
         os.close(fd)

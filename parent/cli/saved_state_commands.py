@@ -163,11 +163,20 @@ def remove_vmsnapshot(g, name, snapshot, include_all_child_snapshots):
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     bar = MergeProgress("merging disks", quiet=g.json)
+    from hypervisor.runtime.paths import Home
+    from hypervisor.runtime.pidfile import holder_pid
+    pidfile, next_check = Home.resolve(g.home).pidfile("vmms"), time.monotonic() + 1.0
     try:
         while thread.is_alive():
             item = stream._receive(0.1)
             if item and item[1].get("Event") == "merge-progress":
                 bar(int(item[1].get("Done", 0)), int(item[1].get("Total", 0)))
+            if time.monotonic() > next_check:
+                next_check = time.monotonic() + 1.0
+                if not holder_pid(pidfile):
+                    raise HvError("Unavailable", "vmms stopped during the remove; the disks "
+                                                 "still read the same: run remove-vmsnapshot "
+                                                 "again (after host up) to complete it")
         thread.join()
     finally:
         bar.close()

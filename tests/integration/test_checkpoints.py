@@ -134,10 +134,10 @@ def test_merge_killed_halfway_then_repeated(host, tmp_path):
     host.call("stop-vm", vm="m1", turn_off=True)
     child = drive_path(host, "m1")
     released(child)
+    stream = host.client.events(host.vm("m1")["Id"], timeout=10)
     remover = subprocess.Popen([*HVCTL, "--home", str(host.home), "remove-vmsnapshot", "m1",
                                 "--name", "cp"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    stream = host.client.events(host.vm("m1")["Id"], timeout=10)
+                               stderr=None)
     killed = False
     for _topic, event in stream:      # vmms killed in the middle of the merge
         if event.get("Event") == "merge-progress" and 0 < event["Done"] < event["Total"]:
