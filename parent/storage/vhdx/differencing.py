@@ -136,12 +136,19 @@ def merge_into_parent(child_path: str | os.PathLike, *, reparent: tuple = (),
             total, done = sum(n for _o, n, _w in extents), 0
             if progress:
                 progress(0, total)
+            buf = bytearray(COPY_RUN)
             for run in _runs(extents, COPY_RUN):
-                buf = bytearray()
-                for _offset, n, where in run:
-                    buf += child.read_own(where, n) if where is not None else bytes(n)
-                parent.write(run[0][0], buf)
-                done += len(buf)
+                length = sum(n for _o, n, _w in run)
+                view, pos = memoryview(buf)[:length], 0
+                for _offset, n, where in run:   # read straight into one buffer, no joins
+                    if where is None:
+                        view[pos:pos + n] = bytes(n)
+                    else:
+                        child.read_own_into(where, view[pos:pos + n])
+                    pos += n
+                parent.write(run[0][0], view)
+                view.release()
+                done += length
                 if progress:
                     progress(done, total)
             parent.flush()

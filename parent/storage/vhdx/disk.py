@@ -418,6 +418,14 @@ class VhdxDisk:
         return bytes(patch(self._overlay, file_offset, bytearray(data))) if self._overlay \
             else data
 
+    def read_own_into(self, file_offset: int, view: memoryview) -> None:
+        """`read_own` into a caller's buffer (a merge's copy buffer)."""
+        got = os.preadv(self._live_fd(), [view], file_offset)
+        if got < len(view):
+            raise bad(self.path, f"file is truncated at {file_offset}")
+        if self._overlay:
+            view[:] = patch(self._overlay, file_offset, bytearray(view))
+
     def set_parent_locator(self, locator: ParentLocator) -> None:
         """Rewrite the Parent Locator item atomically (table and item in one log entry).
         Only the parent link changes, not the data this disk reads, so DataWriteGuid is kept
