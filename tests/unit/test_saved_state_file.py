@@ -121,12 +121,12 @@ def test_counter_counts_in_ram_and_resumes():
     c = program_state.Counter(services, ram, restored=False)
     now = c.next_step
     for i in range(5):
-        c.tick(now + i * program_state.COUNTER_INTERVAL)
+        c.tick(now + i * program_state.COUNTER_INTERVAL + 0.001)
     assert c.value == 5 and services.kvp["counter"] == "5"
     c.quiesce()
     c.tick(now + 10)
     assert c.value == 5
     again = program_state.Counter(FakeServices(), bytes(ram) and ram, restored=True)
     assert again.value == 5
-    again.tick(again.next_step)
+    again.tick(again.next_step + 0.001)
     assert again.value == 6
