@@ -512,6 +512,12 @@ class Worker:
             return
         self.save_request = None
         self.log.info("saved", path=path, bytes=total, seconds=round(time.monotonic() - started, 3))
+        try:
+            # thaw first: a task in a frozen cgroup (v1 freezer) holds a SIGKILL pending, so the
+            # kill below would wait forever; the state is written, what the guest does now is lost
+            self.hv.call(hc.RESUME_PARTITION, {"partition_id": self.partition_id})
+        except HvError:
+            pass
         self.kill_guest()
         self.free_partition()
         self.exit_reason = "saved"

@@ -291,3 +291,30 @@ def test_merge_killed_at_any_moment_reads_the_same_and_completes(tmp_path):
         assert disk.read(0, size) == expected_child
     with open_vhdx(grandchild) as disk:
         assert disk.parent.path == base and disk.read(0, size) == expected
+
+
+def test_chain_opens_from_handed_over_descriptors_alone(chain, tmp_path):
+    """A sandboxed storvsp host can open no path: the worker opens every file of the chain
+    (driver_protocol.open_device_files with `parent_paths`) and the disk opens from those."""
+    from parent.storage.disk_backend import chain_paths, open_disk
+    from worker.vmbus.driver_protocol import open_device_files
+    base, child, ref = chain
+    assert chain_paths(child) == [base] and chain_paths(base) == []
+    files, fds = open_device_files({"path": child, "parent_paths": chain_paths(child)})
+    assert files == [child, base] and len(fds) == 2
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for p in (child, base):                        # the names no longer lead anywhere
+        os.rename(p, moved / os.path.basename(p))
+    disk = open_disk(child, writable=True, fd=fds[0], parents=[(base, fds[1])])
+    try:
+        assert disk.read(0, SIZE) == bytes(ref)
+        disk.write(0, b"\x01" * 4096)
+        assert disk.read(0, 4096) == b"\x01" * 4096
+    finally:
+        disk.close()
+    # a parent not handed over is named, not looked up by path
+    files, fds = open_device_files({"path": str(moved / "c1.avhdx")})
+    with pytest.raises(HvError) as err:
+        open_disk(str(moved / "c1.avhdx"), writable=True, fd=fds[0], parents=[])
+    assert err.value.code == "NotFound" and "not handed over" in err.value.message
