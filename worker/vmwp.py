@@ -99,6 +99,7 @@ class Worker:
         self.boot_deadline = time.monotonic() + BOOT_DEADLINE
         self.services = None               # VirtualDevices: VMBus, integration services, COM ports
         self.save_request = None           # (req, deadline, path) while the guest quiesces
+        self.frozen = False                # the partition is suspended (SIGSTOP + freezer)
         self.memory_path: str | None = None
 
     # --- status -----------------------------------------------------------------------------
@@ -165,6 +166,7 @@ class Worker:
             "processor": cfg.get("processor", {}), "memory": memory})
         self.partition_id = made["partition_id"]
         self.memory_path = made["memory_path"]
+        self.frozen = False
         if meta is not None:
             fd = os.open(self.memory_path, os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -199,6 +201,13 @@ class Worker:
         if self.guest_pid is None:
             return
         self.expected_guest_exit = True
+        if self.frozen and self.partition_id is not None:
+            # a task in a frozen cgroup (v1 freezer) holds SIGKILL pending: thaw first, or the
+            # wait below never ends (turn-off of a Paused VM, the end of a save)
+            try:
+                self._freeze(False)
+            except HvError as err:
+                self.log.info("thaw_failed", error=err.message)
         from hypervisor.runtime import process_tree
         members = process_tree.tree(self.guest_pid)
         process_tree.signal_pids(members, signal.SIGKILL)
@@ -393,7 +402,7 @@ class Worker:
         begin(self.state, "suspend", self.name)
         self.set_state(VmState.Pausing)
         try:
-            self.hv.call(hc.SUSPEND_PARTITION, {"partition_id": self.partition_id})
+            self._freeze(True)
         except HvError:
             self.set_state(VmState.Running)
             raise
@@ -401,8 +410,14 @@ class Worker:
         self.set_state(result("suspend"))
         return self.status()
 
+    def _freeze(self, frozen: bool) -> None:
+        """suspend-/resume-partition, remembering which (kill_guest must thaw first)."""
+        self.hv.call(hc.SUSPEND_PARTITION if frozen else hc.RESUME_PARTITION,
+                     {"partition_id": self.partition_id})
+        self.frozen = frozen
+
     def _resume_partition(self) -> None:
-        self.hv.call(hc.RESUME_PARTITION, {"partition_id": self.partition_id})
+        self._freeze(False)
         if self.paused_since is not None:
             self.paused_total += time.time() - self.paused_since
             self.paused_since = None
@@ -474,7 +489,7 @@ class Worker:
         if self.link is not None:
             self.link.send({"t": "save-cancel"})
         if self.was_paused:
-            self.hv.call(hc.SUSPEND_PARTITION, {"partition_id": self.partition_id})
+            self._freeze(True)
             self.paused_since = time.time()
         self.set_state(VmState.Paused if self.was_paused else VmState.Running)
         self.server.reply_error(req, err)
@@ -491,7 +506,7 @@ class Worker:
         req, _deadline, path = self.save_request
         started = time.monotonic()
         try:
-            self.hv.call(hc.SUSPEND_PARTITION, {"partition_id": self.partition_id})
+            self._freeze(True)
             fd = os.open(self.memory_path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 size = os.fstat(fd).st_size
@@ -505,20 +520,14 @@ class Worker:
             err = exc if isinstance(exc, HvError) else HvError(
                 "Internal", f"writing the saved state of VM '{self.name}' failed: {exc}")
             try:
-                self.hv.call(hc.RESUME_PARTITION, {"partition_id": self.partition_id})
+                self._freeze(False)
             except HvError:
                 pass
             self.abort_save(err)
             return
         self.save_request = None
         self.log.info("saved", path=path, bytes=total, seconds=round(time.monotonic() - started, 3))
-        try:
-            # thaw first: a task in a frozen cgroup (v1 freezer) holds a SIGKILL pending, so the
-            # kill below would wait forever; the state is written, what the guest does now is lost
-            self.hv.call(hc.RESUME_PARTITION, {"partition_id": self.partition_id})
-        except HvError:
-            pass
-        self.kill_guest()
+        self.kill_guest()                  # thaws first (the state is written: nothing is lost)
         self.free_partition()
         self.exit_reason = "saved"
         self.running_since = None

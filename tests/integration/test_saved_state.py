@@ -58,7 +58,7 @@ def test_counter_continues_after_save_and_start(host):
         saved = struct.unpack("<Q", f.read(8))[0]
     assert saved >= 10
     host.start("c1")
-    first = counter(host, "c1")
+    first = wait_until(lambda: max(counter(host, "c1"), 0), 10, what="counter after restore")
     assert saved <= first < saved + 10, (saved, first)   # continues, no restart from 0
     wait_until(lambda: counter(host, "c1") >= saved + 5, 10, what="counter moving again")
     wait_until(lambda: host.vm("c1")["Heartbeat"] == "OkApplicationsUnknown", 5,
