@@ -61,6 +61,9 @@ class ConfigStore:
         folder = self.home.vm_dir(vm_id)
         for name in (CONFIG_NAME, "console.log", *(f"console.log.{n}" for n in range(1, 10))):
             (folder / name).unlink(missing_ok=True)
+        import shutil
+        shutil.rmtree(folder / "Saved", ignore_errors=True)   # a Saved VM's state goes with it
+        shutil.rmtree(folder / "Snapshots", ignore_errors=True)   # checkpoints' memory (disks stay)
         try:
             folder.rmdir()
         except OSError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+from hypervisor.runtime.errors import HvError
 from worker.integration import ic_defs
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def storage_devices(rec: "VmRecord") -> list[dict]:
     return [{"driver": STORAGE_DRIVER,
              "instance_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hvemu:{rec.id}:scsi:"
                                                              f"{d['controller_number']}:{d['controller_location']}")),
-             "settings": {"path": d["path"], "controller_location": str(d["controller_location"])}}
+             "settings": _drive_settings(d)}
             for d in sorted(drives_of(rec), key=lambda d: d["controller_location"])]
 
 
@@ -59,6 +60,20 @@ def net_devices(rec: "VmRecord") -> list[dict]:
     return [{"driver": NETWORK_DRIVER, "instance_id": a["instance_id"],
              "settings": {"mac": a["mac"], "index": str(i), "name": a["name"]}}
             for i, a in enumerate(adapters_of(rec))]
+def _drive_settings(drive: dict) -> dict:
+    """A drive's storvsp settings. A differencing disk also names its parent chain
+    (`parent_paths`, nearest first): the worker opens every file of the chain and hands the
+    descriptors over, since the sandboxed driver host can open no path (DESIGN.md §9). A chain
+    that cannot be read here is left out: the driver then refuses the channel and says why."""
+    settings = {"path": drive["path"], "controller_location": str(drive["controller_location"])}
+    from parent.storage.disk_backend import chain_paths
+    try:
+        parents = chain_paths(drive["path"])
+    except (HvError, OSError):
+        parents = []
+    if parents:
+        settings["parent_paths"] = parents
+    return settings
 
 
 def vm_devices(rec: "VmRecord") -> list[dict]:

@@ -38,6 +38,7 @@ from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile, read_pid
 from hypervisor.runtime.rpc_server import DEFERRED, Request, RpcServer, bind_router
 from parent.config_checks import config_problem
+from parent import saved_state
 from parent.config_store import ConfigStore
 from parent.control import CONTROL_OPS
 from parent.control.disk_ops import check_disks_for_start
@@ -81,6 +82,7 @@ class Vmms:
             self.pub.setsockopt(zmq.SNDHWM, 10000)
             # options are copied into the listener at bind: MAXMSGSIZE must come first
             self.pub.setsockopt(zmq.MAXMSGSIZE, limits.MAX_SUBSCRIPTION_BYTES)
+            self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)   # a second subscriber to a topic is confirmed too
             self.pub.bind(self.home.events_endpoint)
         finally:
             os.umask(old)
@@ -281,7 +283,8 @@ class Vmms:
                              "integration_services": enabled_services(rec),
                              "kvp_host": dict(cfg.get("kvp_host") or {}),
                              "com_ports": dict(cfg.get("com_ports") or {}),
-                             "devices": vm_devices(rec), "driver_failures": self.driver_failures(rec)}}
+                             "devices": vm_devices(rec), "driver_failures": self.driver_failures(rec),
+                             **saved_state.launch_config(self, rec)}}
         pid = self.forkserver.launch(launch)
         handle = WorkerHandle(self.ctx, self.home, rec.id, pid, self.on_worker_status)
         handle.reserved_slots = () if sandbox["slot"] is None else (sandbox["slot"],)
@@ -304,7 +307,7 @@ class Vmms:
             state = VmState(status.get("state"))
         except ValueError:
             return
-        if state == VmState.Off:
+        if state in (VmState.Off, VmState.Saved):
             return  # the worker is about to exit; its exit finishes the VM
         self.set_state(rec, state, Heartbeat=status.get("heartbeat"))
         if state == VmState.Running:
@@ -318,7 +321,7 @@ class Vmms:
         # The pidfd may fire before ZeroMQ delivered the final status: the worker also left it
         # in a file. No file and no final status = the worker died (a crash).
         exit_file = self.home.worker_exit_file(rec.id)
-        if handle.status.get("state") != "Off":
+        if handle.status.get("state") not in ("Off", "Saved"):
             try:
                 handle.status = json.loads(exit_file.read_text())
             except (OSError, ValueError):
@@ -327,7 +330,7 @@ class Vmms:
         status = handle.status
         reason = status.get("exit_reason") or "worker process exited"
         error = status.get("error")
-        if status.get("state") not in ("Off",) and not error:
+        if status.get("state") not in ("Off", "Saved") and not error:
             reason = f"worker crashed ({reason})" if status.get("exit_reason") else "worker process exited unexpectedly"
         self.poller.unregister(handle.pidfd)
         self.poller.unregister(handle.sock)
@@ -336,12 +339,13 @@ class Vmms:
         rec.worker = None  # before failing what was pending: a stop's callback sees it is done
         handle.fail_pending(HvError("InvalidState", f"VM '{rec.name}' turned off: {reason}"))
         handle.close()
+        final, reason = saved_state.after_exit(self, rec, status, reason)
         rec.config["last_exit_reason"] = reason
         if not self.host_stopping:
             rec.config["was_running"] = False
         self.save_config(rec)
         crashed = "crash" in reason or "unexpectedly" in reason
-        self.set_state(rec, VmState.Off, Reason=reason)
+        self.set_state(rec, final, Reason=reason)
         if crashed:
             self.publish(rec, "crashed", Reason=reason)
         err = HvError(error["code"], error["message"]) if error else \

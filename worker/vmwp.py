@@ -30,6 +30,7 @@ from worker.virtual_devices import VirtualDevices
 from worker.vm_state import VmState, begin, result
 from worker.worker_defs import NOTIFY_STATUS, STATUS_KEYS, STOP_TIMEOUT_DEFAULT, bind_worker_ops
 
+SAVE_QUIESCE_TIMEOUT = 10.0
 HEARTBEAT_LOST_AFTER = 2.0  # 3 missed beats at the guest's 0.5 s interval, plus slack
 BOOT_DEADLINE = 30.0
 RELAY_PER_SECOND = 50     # child-partition hypercalls a guest may send per second (it reports every 0.5 s)
@@ -98,6 +99,9 @@ class Worker:
         self.boot_deadline = time.monotonic() + BOOT_DEADLINE
         self.services = None               # VirtualDevices: VMBus, integration services, COM ports
         self.console_log = None            # RotatingFile of console.log, opened at the first output
+        self.save_request = None           # (req, deadline, path) while the guest quiesces
+        self.frozen = False                # the partition is suspended (SIGSTOP + freezer)
+        self.memory_path: str | None = None
 
     # --- status -----------------------------------------------------------------------------
     def status(self) -> dict:
@@ -149,10 +153,28 @@ class Worker:
         self.guest_fd = os.pidfd_open(guest_pid)
         self.poller.register(self.guest_fd, self.zmq.POLLIN)
         cfg = self.config
+        restore = cfg.pop("restore", None)   # a saved state: only the first boot uses it
+        memory = dict(cfg.get("memory", {}))
+        meta = None
+        if restore:
+            from worker import saved_state_file
+            meta = saved_state_file.read_meta(restore)
+            if memory.get("dynamic"):   # a Dynamic Memory VM comes back with what it had
+                memory["startup"] = min(max(int(meta["memory_size"]), memory.get("minimum", 0)),
+                                        memory.get("maximum", meta["memory_size"]))
         made = self.hv.call(hc.CREATE_PARTITION, {
             "vm_id": self.vm_id, "name": self.name, "worker_pid": os.getpid(),
-            "processor": cfg.get("processor", {}), "memory": cfg.get("memory", {})})
+            "processor": cfg.get("processor", {}), "memory": memory})
         self.partition_id = made["partition_id"]
+        self.memory_path = made["memory_path"]
+        self.frozen = False
+        if meta is not None:
+            fd = os.open(self.memory_path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                saved_state_file.load_into(restore, meta, fd, made["memory_size"])
+            finally:
+                os.close(fd)
+            self.log.info("restored_ram", path=restore, bytes=sum(n for _o, n in meta["segments"]))
         self.hv.call(hc.ATTACH_GUEST, {"partition_id": self.partition_id, "guest_pid": guest_pid})
         processor = cfg.get("processor", {})
         if self.child_hv is not None:
@@ -166,7 +188,7 @@ class Worker:
         # guest RAM reaches the guest as a descriptor, never a name
         ram = os.open(made["memory_path"], os.O_RDWR | os.O_CLOEXEC)
         try:
-            link.send({"t": "boot", "program": cfg.get("guest", "idle"),
+            link.send({"t": "boot", "program": cfg.get("guest", "idle"), "restore": bool(meta),
                        "vps": processor.get("count", 1),
                        "memory_size": made["memory_size"], "memory_map_size": made["memory_map_size"],
                        "dynamic_memory": bool(cfg.get("memory", {}).get("dynamic")),
@@ -182,6 +204,13 @@ class Worker:
         if self.guest_pid is None:
             return
         self.expected_guest_exit = True
+        if self.frozen and self.partition_id is not None:
+            # a task in a frozen cgroup (v1 freezer) holds SIGKILL pending: thaw first, or the
+            # wait below never ends (turn-off of a Paused VM, the end of a save)
+            try:
+                self._freeze(False)
+            except HvError as err:
+                self.log.info("thaw_failed", error=err.message)
         from hypervisor.runtime import process_tree
         members = process_tree.tree(self.guest_pid)
         process_tree.signal_pids(members, signal.SIGKILL)
@@ -241,6 +270,11 @@ class Worker:
             elif kind in ("halt", "shutdown-ack"):
                 self.expected_guest_exit = True
                 self.exit_reason = msg.get("reason", "guest shut down")
+            elif kind == "saved" and self.save_request is not None:
+                self.finish_save()
+            elif kind == "save-refused" and self.save_request is not None:
+                self.abort_save(HvError("InvalidState", f"VM '{self.name}' cannot be saved: "
+                                                        f"{msg.get('reason')}"))
 
     def relay_hypercall(self, msg: dict) -> None:
         """A child-partition hypercall from the guest, sent with the guest's own credential (the
@@ -377,7 +411,7 @@ class Worker:
         begin(self.state, "suspend", self.name)
         self.set_state(VmState.Pausing)
         try:
-            self.hv.call(hc.SUSPEND_PARTITION, {"partition_id": self.partition_id})
+            self._freeze(True)
         except HvError:
             self.set_state(VmState.Running)
             raise
@@ -385,8 +419,14 @@ class Worker:
         self.set_state(result("suspend"))
         return self.status()
 
+    def _freeze(self, frozen: bool) -> None:
+        """suspend-/resume-partition, remembering which (kill_guest must thaw first)."""
+        self.hv.call(hc.SUSPEND_PARTITION if frozen else hc.RESUME_PARTITION,
+                     {"partition_id": self.partition_id})
+        self.frozen = frozen
+
     def _resume_partition(self) -> None:
-        self.hv.call(hc.RESUME_PARTITION, {"partition_id": self.partition_id})
+        self._freeze(False)
         if self.paused_since is not None:
             self.paused_total += time.time() - self.paused_since
             self.paused_since = None
@@ -432,6 +472,77 @@ class Worker:
             return self.hv.call(hc.SET_MEMORY, {"partition_id": self.partition_id,
                                                "memory": self.config["memory"]})
         return {}
+
+    # --- save -------------------------------------------------------------------------------
+    def op_save(self, req):
+        path = req.args.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise HvError("BadRequest", "save needs an absolute path for the saved state")
+        if self.save_request is not None:
+            raise HvError("Busy", f"VM '{self.name}' is already saving")
+        begin(self.state, "save", self.name)
+        if self.link is None or self.memory_path is None:
+            raise HvError("InvalidState", f"VM '{self.name}' has no guest to save")
+        self.was_paused = self.state == VmState.Paused
+        if self.was_paused:
+            self._resume_partition()   # the guest must run to quiesce; suspended again after
+        self.set_state(VmState.Saving)
+        self.link.send({"t": "save"})
+        self.save_request = (req, time.monotonic() + SAVE_QUIESCE_TIMEOUT, path)
+        return self.server_deferred
+
+    def abort_save(self, err: HvError) -> None:
+        req, _deadline, _path = self.save_request
+        self.save_request = None
+        self.log.warning("save_failed", error=err.message)
+        if self.link is not None:
+            self.link.send({"t": "save-cancel"})
+        if self.was_paused:
+            self._freeze(True)
+            self.paused_since = time.time()
+        self.set_state(VmState.Paused if self.was_paused else VmState.Running)
+        self.server.reply_error(req, err)
+
+    def check_save_deadline(self) -> None:
+        if self.save_request is not None and time.monotonic() > self.save_request[1]:
+            self.abort_save(HvError("Timeout", f"the guest of VM '{self.name}' did not quiesce "
+                                               "in time; the VM keeps running"))
+
+    def finish_save(self) -> None:
+        """The guest's state is in its RAM: freeze the partition, write RAM and device state,
+        then end the partition (the worker exits with state Saved)."""
+        from worker import saved_state_file
+        req, _deadline, path = self.save_request
+        started = time.monotonic()
+        try:
+            self._freeze(True)
+            fd = os.open(self.memory_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                meta = {"vm_id": self.vm_id, "vm_name": self.name, "saved_at": time.time(),
+                        "guest": self.config.get("guest", "idle"),
+                        "memory": self.config.get("memory", {})}
+                total = saved_state_file.write_vmrs(path, meta, fd, size)
+            finally:
+                os.close(fd)
+        except (HvError, OSError) as exc:
+            err = exc if isinstance(exc, HvError) else HvError(
+                "Internal", f"writing the saved state of VM '{self.name}' failed: {exc}")
+            try:
+                self._freeze(False)
+            except HvError:
+                pass
+            self.abort_save(err)
+            return
+        self.save_request = None
+        self.log.info("saved", path=path, bytes=total, seconds=round(time.monotonic() - started, 3))
+        self.kill_guest()                  # thaws first (the state is written: nothing is lost)
+        self.free_partition()
+        self.exit_reason = "saved"
+        self.running_since = None
+        self.set_state(VmState.Saved)
+        self.server.reply(req, {"state": "Saved", "path": path, "bytes": total})
+        self.done = True
 
     # --- the loop -----------------------------------------------------------------------------
     def await_attach(self, timeout: float = 3.0) -> None:
@@ -498,6 +609,7 @@ class Worker:
             self._update_heartbeat()
             self.services.tick(time.monotonic())
             self.check_stop_deadline()
+            self.check_save_deadline()
             if self.state in (VmState.Starting, VmState.Reset) and time.monotonic() > self.boot_deadline:
                 self.error = {"code": "Timeout", "message": "the guest did not boot in time"}
                 self._fail_waiters(HvError("Timeout", f"VM '{self.name}' did not boot in time"))

@@ -17,6 +17,10 @@ WORKER_OPS: dict[str, str] = {
             "exits once the VM is Off",
     "suspend": "Running -> Paused: the hypervisor stops the partition's processes",
     "resume": "Paused -> Running",
+    "save": "args {path}: Running/Paused -> Saving -> Saved: the guest quiesces and puts its "
+            "program state in RAM, the partition is suspended, RAM (data pages) and device "
+            "state go to the .vmrs at path (atomically); then the partition ends and the worker "
+            "exits with final state Saved",
     "reset": "hard reset: a new guest in a new partition, same worker",
     "set-guest": "args {guest: SPEC}: the guest program changes live where it can",
     "set-processor": "args {processor: {...}}: live CPU settings through the hypervisor",
@@ -68,5 +72,6 @@ STATUS_KEYS = ("vm_id", "state", "worker_pid", "guest_pid", "partition_id", "run
 
 # what the fork-server is asked to launch (vmms sends exactly these; the fork-server checks)
 LAUNCH_KEYS = ("vm_id", "name", "home", "sandbox", "config")
+# config["restore"] = path of a .vmrs: the worker boots the VM from that saved state
 
 STOP_TIMEOUT_DEFAULT = 10.0

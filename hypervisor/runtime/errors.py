@@ -17,6 +17,9 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
     "Busy": (True, "another operation on the same object is in progress"),
     "Timeout": (True, "the operation did not finish in its bounded time"),
     "DriverFault": (False, "a parent-hosted driver failed"),
+    "ChainBroken": (False, "a differencing disk's parent has changed since the child was made"),
+    "SavedStateInvalid": (False, "a saved state or checkpoint is missing, corrupt, of another "
+                                 "VM or of another version"),
     "Unavailable": (True, "the daemon or worker is not reachable"),
     "NotSupported": (False, "this build does not have the feature (yet)"),
     "Internal": (False, "an unexpected failure; details are in the daemon's log"),

@@ -35,19 +35,31 @@ def show_drives(g, drives: list[dict]) -> None:
 
 @cli.command("new-vhd")
 @click.argument("path")
-@click.option("--size-bytes", type=SIZE, required=True, help="virtual size, e.g. 10GB or bytes")
+@click.option("--size-bytes", type=SIZE, help="virtual size, e.g. 10GB or bytes (not for --differencing)")
 @click.option("--dynamic/--fixed", "dynamic", default=True, show_default=True,
               help="grow as written (dynamic) or allocate every block now (fixed)")
+@click.option("--differencing", is_flag=True, help="a differencing disk (AVHDX) over --parent-path")
+@click.option("--parent-path", help="the parent of a differencing disk")
 @click.option("--block-size-bytes", type=SIZE, help="1MB-256MB, a power of two (default by size, as qemu)")
 @click.option("--logical-sector-size-bytes", type=click.Choice(["512", "4096"]),
               help="default 512 (qemu cannot open 4096)")
 @click.option("--physical-sector-size-bytes", type=click.Choice(["512", "4096"]),
               help="default 4096")
 @click.pass_obj
-def new_vhd(g, path, size_bytes, dynamic, block_size_bytes, logical_sector_size_bytes,
-            physical_sector_size_bytes):
-    """Create a VHDX file (dynamic by default)."""
+def new_vhd(g, path, size_bytes, dynamic, differencing, parent_path, block_size_bytes,
+            logical_sector_size_bytes, physical_sector_size_bytes):
+    """Create a VHDX file (dynamic by default, or differencing over --parent-path)."""
     from parent.cli import progress
+    if differencing or parent_path:
+        if not (differencing and parent_path):
+            raise click.UsageError("--differencing and --parent-path go together")
+        info = g.client.call("new-vhd", path=absolute(path), differencing=True,
+                             parent_path=absolute(parent_path),
+                             size_bytes=size_bytes, block_size_bytes=block_size_bytes)
+        print_json(info) if g.json else print_object(info)
+        return
+    if size_bytes is None:
+        raise click.UsageError("Missing option '--size-bytes'.")
     args = dict(path=absolute(path), size_bytes=size_bytes,
                 fixed=not dynamic, dynamic=dynamic, block_size_bytes=block_size_bytes,
                 logical_sector_size_bytes=int(logical_sector_size_bytes) if logical_sector_size_bytes

@@ -107,6 +107,7 @@ def register_commands() -> None:
     from parent.cli import driver_commands, integration_commands  # noqa: F401
     from parent.cli import monitor_commands  # noqa: F401  (top, web, get-vmhistory, completion, host serve)
     from parent.cli import network_commands  # noqa: F401
+    from parent.cli import saved_state_commands  # noqa: F401
     # (new command modules: import them above this line)
     add_unavailable_commands()
     from parent.cli import vm_selection

@@ -126,6 +126,8 @@ def stop_vm(g, names, turn_off, force, save, timeout):
     if save:
         if not SAVED_STATE:
             raise HvError("NotSupported", f"stop-vm --save: {SAVE_MISSING}.")
+        if turn_off or force:
+            raise click.UsageError("--save does not go with --turn-off or --force")
         for_each_vm(g, "save-vm", names)
         return
     for_each_vm(g, "stop-vm", names, turn_off=turn_off, force=force, timeout=timeout)

@@ -9,8 +9,11 @@ and the groups of ops that register into it, one module per group:
 - `disk_ops` — new-vhd, get-vhd, add-/get-/remove-vmharddiskdrive;
 - `driver_ops` — get-/restart-vmhostdriver, add-/get-/remove-vmdevice;
 - `integration_ops` — integration services, key-value pairs, COM ports;
-- `monitor_ops` — get-vmhistory (the ledgers' last 15 min, what top and the web manager poll).
-- `network_ops` — virtual switches and network adapters.
+- `monitor_ops` — get-vmhistory (the ledgers' last 15 min, what top and the web manager poll);
+- `network_ops` — virtual switches and network adapters;
+- `vhd_chain_ops` — new-vhd --differencing (called by disk_ops' new-vhd);
+- `saved_state_ops` — save-vm, remove-vmsavedstate;
+- `checkpoint_ops` — checkpoint-vm, get-, restore-, remove-vmsnapshot.
 
 Importing this package loads every group, so `CONTROL_OPS` is complete. A new op goes into the
 module of its group (or a new module listed here) with `@control_op("name")`; nothing else lists
@@ -18,6 +21,7 @@ it. Ops act on vmms only through its methods (parent/vmms.py); none of these mod
 """
 from parent.control.op_table import CONTROL_OPS, ControlOp, control_op
 from parent.control import (disk_ops, driver_ops, host_ops, integration_ops,  # noqa: F401 (they register)
-                            monitor_ops, network_ops, resource_ops, vm_ops)
+                            monitor_ops, network_ops, resource_ops, saved_state_ops,
+                            checkpoint_ops, vm_ops)
 
 __all__ = ["CONTROL_OPS", "ControlOp", "control_op"]

@@ -273,7 +273,8 @@ def new_vhd(vmms, req):
     Answers Get-VHD's object."""
     path = path_arg(req.args)
     if req.args.get("parent_path") is not None or get_bool(req.args, "differencing", False):
-        raise HvError("BadRequest", "differencing disks are not supported yet")
+        from parent.control.vhd_chain_ops import new_differencing
+        return new_differencing(vmms, req, path)
     size = bytes_arg(req.args, "size_bytes")
     if size is None:
         raise HvError("BadRequest", "missing argument 'size_bytes'")

@@ -61,6 +61,27 @@ def shut_down_guest(rec) -> None:
                 lambda ok, _res: ok or rec.worker is None or turn_off(worker), HOST_SHUTDOWN_GUEST_WAIT + 2.0)
 
 
+def saveable(rec) -> bool:
+    from parent.saved_state import refuse_unsaveable
+    try:
+        refuse_unsaveable(rec)
+    except HvError:
+        return False
+    return True
+
+
+def save_guest(vmms, rec) -> None:
+    """AutomaticStopAction Save: save-vm's path (the worker exits Saved); a worker that refuses
+    is turned off now."""
+    from parent.saved_state import SAVE_TIMEOUT, saved_path
+    path = saved_path(vmms, rec)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    vmms.lock(rec, "save-vm", override=True)
+    worker = rec.worker
+    worker.send("save", {"path": path},
+                lambda ok, _res: ok or rec.worker is None or turn_off(worker), SAVE_TIMEOUT)
+
+
 @control_op("host-shutdown")
 def host_shutdown(vmms, req):
     """Stop every running VM by its AutomaticStopAction (ShutDown: the guest is asked; TurnOff:
@@ -68,11 +89,14 @@ def host_shutdown(vmms, req):
     vmms.begin_host_shutdown()
     running = [r for r in vmms.vms.values() if r.worker is not None]
     for rec in running:
-        if rec.config.get("automatic_stop_action") == "ShutDown" and \
-                rec.state in (VmState.Running, VmState.Paused):
+        action = rec.config.get("automatic_stop_action")
+        if action == "ShutDown" and rec.state in (VmState.Running, VmState.Paused):
             shut_down_guest(rec)
+        elif action == "Save" and rec.state in (VmState.Running, VmState.Paused) and \
+                saveable(rec):
+            save_guest(vmms, rec)
         else:
-            turn_off(rec.worker)  # TurnOff (and Save, while this build has no saved state)
+            turn_off(rec.worker)  # TurnOff (or a VM that cannot be saved)
     deadline = time.monotonic() + 10.0
     waiting = {"n": len(running)}
 

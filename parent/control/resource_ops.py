@@ -71,6 +71,9 @@ def set_vmprocessor(vmms, req):
     processor_settings(new).validate(os.cpu_count() or 1)
     if new["count"] != rec.config["processor"]["count"] and rec.worker is not None:
         raise HvError("InvalidState", f"Count of VM '{rec.name}' can change only while it is Off")
+    if new["count"] != rec.config["processor"]["count"]:
+        from parent.saved_state import check_saved_change
+        check_saved_change(rec, "the processor count")
     return apply_change(vmms, rec, req, "processor", new, "set-processor", processor_view)
 
 
@@ -106,7 +109,7 @@ def set_vmmemory(vmms, req):
         if req.args.get("maximum_bytes") is None:
             new["maximum"] = max(DM_DEFAULT_MAXIMUM, new["startup"])
     memory_settings(new).validate()
-    if rec.worker is not None:
+    if rec.worker is not None or rec.state.value == "Saved":   # Saved: as while running
         check_running_change(memory_settings(old), memory_settings(new))
     return apply_change(vmms, rec, req, "memory", new, "set-memory", memory_view)
 

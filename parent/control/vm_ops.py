@@ -16,6 +16,7 @@ from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import DEFERRED
 from parent.build_features import DEFAULT_STOP_ACTION, SAVE_MISSING, START_ACTIONS, STOP_ACTIONS
 from parent.control.disk_ops import check_disks_for_start
+from parent import saved_state
 from parent.control.op_table import control_op, size_arg, vm_arg
 from parent.vm_names import check_name
 from parent.vm_record import VmRecord
@@ -69,6 +70,8 @@ def start_vm(vmms, req):
     rec = vm_arg(vmms, req)
     begin(rec.state, "start", rec.name)
     check_disks_for_start(vmms, rec)  # attached disks valid and used by no one else
+    saved_state.check_restorable(vmms, rec)  # a Saved VM's state file checks out
+    before = rec.state
     vmms.lock(rec, "start-vm")
     try:
         vmms.set_state(rec, VmState.Starting)
@@ -78,10 +81,12 @@ def start_vm(vmms, req):
         vmms.launch(rec)
     except BaseException:
         vmms.unlock(rec)
-        vmms.set_state(rec, VmState.Off)
+        vmms.set_state(rec, before)
         raise
-    rec.start_waiters.append((vmms.answer(req, rec),
-                              time.monotonic() + get_float(req.args, "timeout", 30.0, lo=0.1, hi=600)))
+    deadline = time.monotonic() + get_float(req.args, "timeout", 30.0, lo=0.1, hi=600)
+    if before == VmState.Saved:   # once Running again, the saved state is spent
+        rec.start_waiters.append((lambda err: saved_state.resumed(vmms, rec, err), deadline))
+    rec.start_waiters.append((vmms.answer(req, rec), deadline))
     return DEFERRED
 
 
@@ -194,6 +199,8 @@ def set_vm(vmms, req):
             changes[key] = value
     if not changes:
         raise HvError("BadRequest", "set-vm needs at least one setting to change")
+    if "guest" in changes and changes["guest"] != rec.config["guest"]:
+        saved_state.check_saved_change(rec, "the guest program")
     rec.config.update(changes)
     vmms.save_config(rec)
     if "guest" in changes and rec.worker is not None:

@@ -77,15 +77,22 @@ class OpenDisks:
         self._open = opener
         self._disks: dict[str, list] = {}     # path -> [disk, channels]
 
-    def acquire(self, path: str, fd: int | None = None) -> DiskBackend:
-        """The open image of `path` (opened from `fd`, the parent's descriptor, when given; a
-        descriptor not needed is closed)."""
+    def acquire(self, path: str, fd: int | None = None,
+                parents: list | None = None) -> DiskBackend:
+        """The open image of `path` (opened from `fd`, the parent's descriptor, when given;
+        `parents`: a differencing disk's chain as [(path, fd)], handed over too; descriptors not
+        needed are closed)."""
         entry = self._disks.get(path)
-        if entry is not None and fd is not None:
-            os.close(fd)
+        if entry is not None:
+            for extra in ([fd] if fd is not None else []) + [f for _p, f in parents or ()]:
+                os.close(extra)
         if entry is None:
-            disk = self._open(path, writable=True) if fd is None else \
-                self._open(path, writable=True, fd=fd)
+            if parents:
+                disk = self._open(path, writable=True, fd=fd, parents=parents)
+            elif fd is None:
+                disk = self._open(path, writable=True)
+            else:
+                disk = self._open(path, writable=True, fd=fd)
             entry = self._disks[path] = [disk, 0]
         entry[1] += 1
         return entry[0]
@@ -131,7 +138,7 @@ class StorvspDriver(Driver):
         if not isinstance(path, str) or not os.path.isabs(path):
             raise DriverRefused("storvsp needs an absolute disk path in the device settings")
         try:
-            disk = self.disks.acquire(path, channel.take_file(path))
+            disk = self.disks.acquire(path, channel.take_file(path), self._parents(channel))
         except HvError as err:
             raise DriverRefused(err.message) from None
         try:
@@ -149,6 +156,22 @@ class StorvspDriver(Driver):
             raise
         channel.state = StorChannel(path, disk, props)
         self.by_vm.setdefault(channel.vm_id, {"read": 0, "write": 0})
+
+    @staticmethod
+    def _parents(channel: DriverChannel) -> list | None:
+        """A differencing disk's parent chain as handed over by the worker ([(path, fd)],
+        nearest first), or None when the settings name none. A parent not handed over stays
+        out: opening the chain then names the missing file."""
+        names = channel.settings.get("parent_paths")
+        if not isinstance(names, list) or not names:
+            return None
+        out = []
+        for name in names:
+            fd = channel.take_file(name) if isinstance(name, str) else None
+            if fd is None:
+                break
+            out.append((name, fd))
+        return out
 
     def close(self, channel: DriverChannel) -> None:
         st = channel.state

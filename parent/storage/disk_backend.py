@@ -72,9 +72,9 @@ class DiskFormat:
 
 
 def _vhdx_open(path: str, writable: bool = False, lock: bool = True,
-               fd: int | None = None) -> DiskBackend:
+               fd: int | None = None, parents: list | None = None) -> DiskBackend:
     from .vhdx import open_vhdx
-    return open_vhdx(path, writable, lock=lock, fd=fd)
+    return open_vhdx(path, writable, lock=lock, fd=fd, parents=parents)
 
 
 def _vhdx_create(path: str, size: int, **options) -> None:
@@ -84,7 +84,7 @@ def _vhdx_create(path: str, size: int, **options) -> None:
 
 # The one table of disk formats. Openers are imported lazily so the table costs nothing to load.
 DISK_FORMATS: dict[str, DiskFormat] = {
-    "VHDX": DiskFormat("VHDX", (".vhdx",), _vhdx_open, _vhdx_create,
+    "VHDX": DiskFormat("VHDX", (".vhdx", ".avhdx"), _vhdx_open, _vhdx_create,
                        "Hyper-V virtual hard disk v2 (dynamic or fixed)"),
 }
 
@@ -101,15 +101,27 @@ def format_for_path(path: str | os.PathLike) -> DiskFormat:
 
 
 def open_disk(path: str | os.PathLike, writable: bool = False, lock: bool = True,
-              fd: int | None = None) -> DiskBackend:
+              fd: int | None = None, parents: list | None = None) -> DiskBackend:
     """Open an image with the backend its extension names. `lock=False` (read-only only) reads
     the metadata of a disk another process holds, as Get-VHD does for an attached disk. `fd`:
-    an open descriptor of that file handed over by a parent (the backend owns it then)."""
+    an open descriptor of that file handed over by a parent (the backend owns it then);
+    `parents`: a differencing disk's chain, handed over too ([(path, fd)], nearest first)."""
     if writable and not lock:
         raise ValueError("a writable open always locks")
-    if fd is None:
+    if fd is None and parents is None:
         return format_for_path(path).open(os.fspath(path), writable, lock=lock)
-    return format_for_path(path).open(os.fspath(path), writable, lock=lock, fd=fd)
+    if parents is None:
+        return format_for_path(path).open(os.fspath(path), writable, lock=lock, fd=fd)
+    return format_for_path(path).open(os.fspath(path), writable, lock=lock, fd=fd,
+                                      parents=parents)
+
+
+def chain_paths(path: str | os.PathLike) -> list[str]:
+    """The parent chain of a differencing disk (nearest first; [] for any other disk)."""
+    if format_for_path(path).name != "VHDX":
+        return []
+    from .vhdx.disk import chain_paths as vhdx_chain
+    return vhdx_chain(path)
 
 
 def create_disk(path: str | os.PathLike, size: int, **options) -> None:

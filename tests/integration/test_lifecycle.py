@@ -89,6 +89,11 @@ def test_suspend_really_stops_the_partition_and_resume_continues_it(host):
     wait_until(lambda: any(p.status() == psutil.STATUS_RUNNING for p in tree[1:]), 5, what="VP running again")
     rc, out, err = host.hvctl("resume-vm", "p", check=False)
     assert rc == 1 and out["error"]["code"] == "InvalidState"
+    # a Paused (frozen) VM can be turned off: the worker thaws it before the kill
+    host.hvctl("suspend-vm", "p")
+    rc, out, _ = host.hvctl("stop-vm", "p", "--turn-off")
+    assert out[0]["State"] == "Off"
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree)
 
 
 def test_graceful_stop_turn_off_restart_and_remove(host):

@@ -114,10 +114,11 @@ def test_every_vm_command_takes_several_names_and_others_do_not():
     takes = {name for name, cmd in cli.commands.items()
              if getattr(cmd, "_vm_selection", False)}
     for name in ("get-vm", "start-vm", "stop-vm", "measure-vm", "get-vmmemory", "get-vmprocessor",
-                 "set-vmmemory", "get-vmkvp", "set-vmkvp", "get-vmharddiskdrive"):
+                 "set-vmmemory", "get-vmkvp", "set-vmkvp", "get-vmharddiskdrive", "save-vm",
+                 "checkpoint-vm", "get-vmsnapshot"):
         assert name in takes, name
     for name in ("new-vm", "get-vmhostdriver", "restart-vmhostdriver", "get-vhd", "new-vhd",
-                 "save-vm"):
+                 "merge-vhd"):
         assert name not in takes, name
     # a command another module adds later gets it by the same rule
     probe = click.Command("get-vmnetworkadapter", params=[click.Argument(["name"])])
@@ -134,7 +135,13 @@ def test_times_are_iso_8601_utc():
     assert line == "1970-01-01T00:00:01.500Z  web1  state  Off (turned off)"
 
 
-@pytest.mark.skipif(build_features.SAVED_STATE, reason="this build has saved state")
+def test_default_stop_action_is_turn_off_even_with_saved_state():
+    # hvemu differs from Hyper-V (Save) on purpose: docs/cli-extensions.md
+    assert build_features.DEFAULT_STOP_ACTION == "TurnOff"
+    assert ("Save" in build_features.STOP_ACTIONS) == build_features.SAVED_STATE
+
+
+@pytest.mark.skipif(build_features.SAVED_STATE, reason="this build has saved state (issue 13)")
 def test_nothing_advertises_saved_state(capsys):
     assert "Save" not in build_features.STOP_ACTIONS and build_features.DEFAULT_STOP_ACTION != "Save"
     code, out, _ = run(capsys, "start-vm", "--help")

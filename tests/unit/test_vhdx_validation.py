@@ -121,7 +121,7 @@ CORRUPTIONS = {
         lambda p: set_item(p, 1, struct.pack("<Q", 8 * MIB + 1)),
     "BAT region is 1048576 bytes": lambda p: set_item(p, 1, struct.pack("<Q", 256 * 2**30)),
     "reserved flags": lambda p: set_item(p, 0, struct.pack("<II", MIB, 4)),
-    "differencing disks are not supported yet": lambda p: (
+    "is not the VHDX locator type": lambda p: (
         set_item(p, 0, struct.pack("<II", MIB, 2)), add_item(p, PARENT_LOCATOR_GUID, 4)),
     "has no Parent Locator": lambda p: set_item(p, 0, struct.pack("<II", MIB, 2)),
     "past the end of the file": lambda p: set_bat(p, 2, 7 * MIB | 6),

@@ -86,6 +86,7 @@ class DeviceStream:
         self.stall_count = 0
         self.finished = False
         self.asked: list[str] = []            # host-requested one-off requests not yet sent
+        self.quiescing = False
         services.bus.register(class_id, self._make)
         services.host_listeners.append(self._host_items)
 
@@ -97,6 +98,29 @@ class DeviceStream:
     def _reply(self, ok: bool, body: dict) -> None:
         data = body.get("data") if ok and isinstance(body.get("data"), str) else json.dumps(body, default=str)
         self.services.publish("device-reply", data[:2000])
+
+    # save and restore (worker/guest/runtime.py): every answered seq is kept, so a restored
+    # stream issues exactly the requests not yet issued — none lost, none done twice
+    def quiesce(self) -> None:
+        self.quiescing = True
+
+    def quiet(self) -> bool:
+        return self.device is None or not self.device.pending
+
+    def unquiesce(self) -> None:
+        self.quiescing = False
+
+    def save_state(self) -> dict:
+        return {"issued": self.issued, "answers": sorted(self.answers.items()),
+                "errors": self.errors, "duplicates": self.duplicates,
+                "finished": self.finished}
+
+    def restore(self, state: dict) -> None:
+        self.issued = int(state.get("issued") or 0)
+        self.answers = {int(k): int(v) for k, v in state.get("answers") or ()}
+        self.errors = int(state.get("errors") or 0)
+        self.duplicates = int(state.get("duplicates") or 0)
+        self.finished = bool(state.get("finished"))
 
     def _make(self, bus, offer) -> ClientDevice:
         self.device = ClientDevice(bus, offer)
@@ -113,7 +137,8 @@ class DeviceStream:
             return
         while self.asked:
             self.device.request(self.asked.pop(0), {}, self._reply)
-        while self.issued < self.count and len(self.device.pending) < self.window and now >= self.next_issue:
+        while not self.quiescing and self.issued < self.count and \
+                len(self.device.pending) < self.window and now >= self.next_issue:
             seq = self.issued
             self.issued += 1
             self.device.request("request", {"seq": seq, "data": f"hello {seq}"},

@@ -14,6 +14,12 @@ and report through KVP (CLI.md "Guest programs"; the pattern is worker/guest/dis
   `disk-bench-<test>` = `ops=N bytes=B seconds=S iops=I mbps=M` per test and `disk-bench` =
   `done` (or `error: …`). Used by scripts/bench/storage.
 
+Save and restore (worker/guest/runtime.py): `quiesce()` stops issuing, `quiet()` says when
+nothing is in flight, `save_state()` / `restore()` carry how far a program got, so a restored
+disk-write continues at the first byte not yet written — no request lost, none done twice.
+disk-verify resumes where it was; disk-sha256 and disk-bench start again (a hash in progress is
+not kept).
+
 The "first disk" is the first storage device the host offers (the lowest controller location).
 Each program waits up to DEVICE_WAIT for it. Up to WINDOW requests of CHUNK bytes are in flight.
 """
@@ -78,8 +84,28 @@ class DiskProgram:
         self.device: StorageDevice | None = None
         self.started = time.monotonic()
         self.finished = False
+        self.quiescing = False
         self.next_progress = 0.0
         services.bus.register(STORVSP_CLASS, self._make)
+
+    def quiesce(self) -> None:
+        self.quiescing = True
+
+    def quiet(self) -> bool:
+        return self.device is None or self.device.in_flight == 0
+
+    def unquiesce(self) -> None:
+        self.quiescing = False
+        if self.device is not None and self.device.ready and not self.finished:
+            self._fill()
+
+    def _fill(self) -> None: ...
+
+    def save_state(self) -> dict:
+        return {"finished": self.finished}
+
+    def restore(self, state: dict) -> None:
+        self.finished = bool(state.get("finished"))
 
     def _make(self, bus, offer) -> StorageDevice:
         dev = StorageDevice(bus, offer)
@@ -132,7 +158,8 @@ class SequentialProgram(DiskProgram):
     def _fill(self) -> None:
         dev = self.device
         chunk = min(CHUNK, dev.properties.max_transfer)
-        while not self.finished and self.issued < self.size and dev.in_flight < WINDOW:
+        while not self.finished and not self.quiescing and self.issued < self.size and \
+                dev.in_flight < WINDOW:
             offset = self.issued
             n = min(chunk, self.size - offset)
             self.issued += n
@@ -153,6 +180,21 @@ class DiskWrite(SequentialProgram):
     def _issue(self, offset: int, n: int) -> None:
         self.device.write(offset, disk_pattern.generate(self.seed, offset, n),
                           lambda err, _data, n=n: self._written(err, n))
+
+    def save_state(self) -> dict:
+        return {"finished": self.finished, "done": self.done, "flushing": self.flushing}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self.issued = self.done = int(state.get("done") or 0)
+        self.flushing = False   # a flush in flight at the save completed before it; redo it
+
+    def begin(self) -> None:
+        if self.done >= self.size and not self.flushing:
+            self.flushing = True
+            self.device.flush(self._flushed)
+        else:
+            self._fill()
 
     def _written(self, err, n: int) -> None:
         if err is not None:
@@ -183,6 +225,14 @@ class DiskRead(SequentialProgram):
         self.issued = self.consumed = 0
         self.arrived: dict[int, bytes] = {}
         self.hash = hashlib.sha256()
+
+    def save_state(self) -> dict:
+        keep = self.seed is not None   # disk-sha256 starts again: its hash is not kept
+        return {"finished": self.finished and keep, "consumed": self.consumed if keep else 0}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self.issued = self.consumed = int(state.get("consumed") or 0)
 
     def _issue(self, offset: int, n: int) -> None:
         self.device.read(offset, n, lambda err, data, o=offset: self._read(err, o, data))
@@ -235,6 +285,8 @@ class DiskBench(DiskProgram):
         self._fill()
 
     def _fill(self) -> None:
+        if self.quiescing:
+            return
         t, dev = self.current, self.device
         while t["in_flight"] < t["qd"] and t["end"] is None and not self.finished:
             if t["rand"]:

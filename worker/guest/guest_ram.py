@@ -10,6 +10,9 @@ can speak only for itself) and learns its new assignment:
 pages above an assignment that shrank were punched by the hypervisor (balloon-down), so it
 forgets them; pages it no longer wants it gives back with MADV_REMOVE.
 
+The first `STATE_AREA_SIZE` bytes are the runtime's own (program state that a saved VM resumes
+from, worker/guest/program_state.py): a program's memory is committed above them.
+
 Performance: pages are touched by slice assignment in 1 MiB chunks (memcpy speed, ~GB/s), at
 most `TOUCH_STEP` per loop turn so heartbeats keep flowing while a large demand is committed.
 """
@@ -20,6 +23,7 @@ import os
 import time
 
 from hypervisor import hypercall_defs as hc
+from worker.guest.program_state import STATE_AREA_SIZE as BASE
 
 MIB = 1 << 20
 REPORT_INTERVAL = 0.5
@@ -49,7 +53,7 @@ class GuestRam:
         self._next_report = 0.0  # tell the hypervisor at once
 
     def _want(self) -> int:
-        return min(self.target, self.assigned) // mmap.PAGESIZE * mmap.PAGESIZE
+        return max(0, min(self.target, self.assigned - BASE)) // mmap.PAGESIZE * mmap.PAGESIZE
 
     def busy(self) -> bool:
         """More to touch or release right now (the loop should not sleep)."""
@@ -64,10 +68,10 @@ class GuestRam:
             end = min(want, self.touched + TOUCH_STEP)
             for off in range(self.touched, end, MIB):
                 n = min(MIB, end - off)
-                self.mm[off:off + n] = _CHUNK[:n]
+                self.mm[BASE + off:BASE + off + n] = _CHUNK[:n]
             self.touched = end
         elif self.touched > want:
-            self.mm.madvise(mmap.MADV_REMOVE, want, self.touched - want)
+            self.mm.madvise(mmap.MADV_REMOVE, BASE + want, self.touched - want)
             self.touched = want
 
     def _report(self) -> None:
@@ -81,11 +85,11 @@ class GuestRam:
             assigned = int(reply.get("assigned", self.assigned))
         except (TypeError, ValueError):
             return
-        if assigned < self.touched:
+        if assigned - BASE < self.touched:
             # Ballooned: give back what lies above the new assignment. The hypervisor's punch
             # may have come before this guest touched those pages, so release them here too.
-            keep = assigned // mmap.PAGESIZE * mmap.PAGESIZE
-            self.mm.madvise(mmap.MADV_REMOVE, keep, self.touched - keep)
+            keep = max(0, assigned - BASE) // mmap.PAGESIZE * mmap.PAGESIZE
+            self.mm.madvise(mmap.MADV_REMOVE, BASE + keep, self.touched - keep)
             self.touched = keep
         self.assigned = assigned
 

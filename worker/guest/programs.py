@@ -40,6 +40,8 @@ class GuestSpec:
 GUEST_PROGRAMS: dict[str, str] = {
     "idle": "boots, runs its integration services, and waits",
     "cpu-burn": "keeps every one of its virtual processors busy (one busy process per VP)",
+    "counter": "keeps a counter in guest RAM, adds 1 about every 100 ms, publishes KVP counter; "
+               "a saved and restored VM continues from where it was",
     "no-shutdown": "idles and never answers the shutdown integration service (tests stop-vm's "
                    "timeout)",
     "memory-demand:SIZE": "commits and touches SIZE of guest memory and reports it as demand; "
@@ -71,7 +73,7 @@ def parse_spec(spec: str) -> GuestSpec:
     if not isinstance(spec, str) or not spec or len(spec) > 4096:
         raise HvError("BadRequest", "guest SPEC must be a non-empty string of at most 4096 characters")
     kind, _, rest = spec.partition(":")
-    if kind in ("idle", "cpu-burn", "no-shutdown", "secret") and not rest:
+    if kind in ("idle", "cpu-burn", "no-shutdown", "secret", "counter") and not rest:
         return GuestSpec(kind)
     if kind == "command" and rest.strip():
         return GuestSpec("command", command=rest)

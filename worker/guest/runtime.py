@@ -10,6 +10,13 @@ told to stop. As pid 1 of its PID namespace it reaps every orphan of the partiti
 hypercalls (memory demand) go over the link, and the worker sends them with this partition's
 credential. Networking hook: the runtime is root of the partition's user and network
 namespaces, so a network adapter's TAP can be created from here.
+
+Save and restore: on the worker's `save` the runtime quiesces its program (no new requests;
+those in flight complete), writes what it cannot recompute into the state area at the start of
+guest RAM (worker/guest/program_state.py) and answers `saved`, then changes nothing more. A
+`boot` with `restore` finds that state in RAM — which the worker filled from the saved-state
+file — and continues the program from it. A `command:` program runs processes whose state is
+not in guest RAM: its save is refused.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from worker.guest import device_programs
 from worker.guest.console import CommandInput, RuntimeConsole
 from worker.guest.guest_ram import GuestRam
 from worker.guest.integration import GuestServices
+from worker.guest.program_state import STATE_AREA_SIZE, Counter, read_state, write_state
 from worker.guest.programs import RunningProgram, parse_spec
 from worker.guest.secret_program import SecretProgram
 from worker.guest_link import GuestLink
@@ -80,6 +88,8 @@ class Guest:
         self.init = os.getpid() == 1       # pid 1 of the partition: every orphan is ours to reap
         self.hypercall_seq = 0
         self.net = None               # worker/guest/net_adapter.NetAdapters when it has adapters
+        self.saving = False                # the worker asked for a save: quiesce, then answer
+        self.saved = False                 # the state is in RAM: change nothing more
 
     def _watch(self, fd: int, callback) -> None:
         self.sel.register(fd, selectors.EVENT_READ, callback)
@@ -128,7 +138,20 @@ class Guest:
                                    self.hypercall, bool(msg.get("dynamic_memory")))
         elif fds:
             os.close(fds[0])
-        self.start_program(msg["program"], int(msg.get("vps", 1)))
+        restored = None
+        if msg.get("restore"):
+            restored = read_state(self.memory.mm) if self.memory is not None else None
+            if restored is None:
+                self.link.send({"t": "halt", "reason": "restore failed: guest RAM holds no "
+                                                       "saved program state"})
+                os._exit(4)
+            self.services.guest_pool.update(restored.get("kvp") or {})
+            self.services.clock.offset = float(restored.get("clock_offset") or 0.0)
+            if self.memory is not None:
+                self.memory.touched = int(restored.get("touched") or 0)
+                self.memory.target = int(restored.get("target") or 0)
+        self.start_program(restored.get("spec") if restored else msg["program"],
+                           int(msg.get("vps", 1)), restored)
         if self.program.command is not None:
             self.console_in = CommandInput(self.program.command.stdin)  # COM1 is its stdin/stdout
         else:
@@ -138,18 +161,54 @@ class Guest:
                 self.services.console.log(net_note)
         self.services.start()  # VMBus contact: the worker answers with its offers
 
-    def start_program(self, spec_text: str, vps: int) -> None:
+    def start_program(self, spec_text: str, vps: int, restored: dict | None = None) -> None:
         self.spec = parse_spec(spec_text)
         if self.spec.kind == "memory-demand" and self.memory is not None:
             self.memory.set_target(self.spec.size)
+        if self.spec.kind == "counter":
+            ram = self.memory.mm if self.memory is not None else bytearray(STATE_AREA_SIZE)
+            self.services.program = Counter(self.services, ram, restored is not None)
         if self.spec.kind == "cpu-burn":
             self.program.start_burners(vps, f"{self.name} {self.vm_id}")
         elif self.spec.kind == "command":
             self.program.start_command(self.spec.command)
         elif self.spec.kind in device_programs.KINDS:
             self.services.program = device_programs.start(self.spec, self.services)
+            state = (restored or {}).get("program")
+            if state and hasattr(self.services.program, "restore"):
+                self.services.program.restore(state)
         elif self.spec.kind == "secret":
             self.services.program = SecretProgram(self.memory, self.services)
+
+    # -- save ----------------------------------------------------------------------------------
+
+    def begin_save(self) -> None:
+        if self.program.command is not None:
+            self.link.send({"t": "save-refused", "reason": "a command: guest runs processes "
+                                                           "whose state is not in guest RAM"})
+            return
+        if self.memory is None:
+            self.link.send({"t": "save-refused", "reason": "the guest has no RAM to save into"})
+            return
+        self.saving = True
+        program = self.services.program
+        if program is not None and hasattr(program, "quiesce"):
+            program.quiesce()
+
+    def _save_ready(self) -> bool:
+        program = self.services.program
+        return program is None or not hasattr(program, "quiet") or program.quiet()
+
+    def finish_save(self) -> None:
+        program = self.services.program
+        state = program.save_state() if program is not None and \
+            hasattr(program, "save_state") else None
+        write_state(self.memory.mm, {
+            "spec": str(self.spec), "program": state, "kvp": dict(self.services.guest_pool),
+            "clock_offset": self.services.clock.offset, "touched": self.memory.touched,
+            "target": self.memory.target})
+        self.saved = True
+        self.link.send({"t": "saved"})
 
     def run(self) -> int:
         sel = self.sel
@@ -164,7 +223,9 @@ class Guest:
             wake = min(now + 0.25, self.services.next_deadline())
             if self.console_in is not None:
                 self.console_in.flush()
-            if self.memory is not None:
+            if self.saving and not self.saved and self._save_ready():
+                self.finish_save()
+            if self.memory is not None and not self.saving:
                 self.memory.step(now)
                 wake = now if self.memory.busy() else min(wake, self.memory.next_deadline())
             for key, _ in sel.select(max(0.0, wake - time.monotonic())):
@@ -232,6 +293,13 @@ class Guest:
             if spec.kind == "memory-demand" and self.memory is not None:
                 self.spec = spec  # demand changes live; other programs wait for the next boot
                 self.memory.set_target(spec.size)
+        elif kind == "save":
+            self.begin_save()
+        elif kind == "save-cancel":   # the worker gave up (or failed to write): carry on
+            self.saving = self.saved = False
+            program = self.services.program
+            if program is not None and hasattr(program, "unquiesce"):
+                program.unquiesce()
         elif kind == "vmbus":
             self.services.on_link_message(msg)
         elif kind == "hypercall-reply":

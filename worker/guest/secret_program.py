@@ -21,8 +21,9 @@ class SecretProgram:
             services.publish("secret-sha256", "error: no guest RAM")
             return
         text = PREFIX + secrets.token_hex(32).encode()
-        pages = max(1, memory.assigned // mmap.PAGESIZE)
-        offset = secrets.randbelow(pages) * mmap.PAGESIZE
+        from worker.guest.program_state import STATE_AREA_SIZE   # the runtime's own pages
+        pages = max(1, (memory.assigned - STATE_AREA_SIZE) // mmap.PAGESIZE)
+        offset = STATE_AREA_SIZE + secrets.randbelow(pages) * mmap.PAGESIZE
         memory.mm[offset:offset + len(text)] = text
         services.publish("secret-sha256", hashlib.sha256(text).hexdigest())
 

@@ -68,16 +68,27 @@ def check_driver_name(name) -> str:
 
 
 def open_device_files(settings: dict) -> tuple[list[str], list[int]]:
-    """The files a device's settings name (`path`: a storvsp disk), opened here — by the worker,
-    the parent — and handed to the driver host with the open as descriptors after the channel's
-    three (DESIGN.md §9: a sandboxed driver host can open no path itself). A file that cannot
-    be opened is left out: the driver then refuses the channel and says why."""
+    """The files a device's settings name (`path`: a storvsp disk; `parent_paths`: the parent
+    chain of a differencing disk, opened read-only), opened here — by the worker, the parent —
+    and handed to the driver host with the open as descriptors after the channel's three
+    (DESIGN.md §9: a sandboxed driver host can open no path itself). A file that cannot be
+    opened is left out: the driver then refuses the channel and says why."""
     import os
-    path = settings.get("path") if isinstance(settings, dict) else None
+    if not isinstance(settings, dict):
+        return [], []
+    path = settings.get("path")
     if not isinstance(path, str) or not os.path.isabs(path):
         return [], []
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return [], []
-    return [path], [fd]
+    files, fds = [], []
+    parents = settings.get("parent_paths") or []
+    wanted = [(path, os.O_RDWR)] + [(p, os.O_RDONLY) for p in parents
+                                     if isinstance(p, str) and os.path.isabs(p)]
+    for name, mode in wanted:
+        try:
+            fds.append(os.open(name, mode | os.O_CLOEXEC | os.O_NOFOLLOW))
+        except OSError:
+            if name == path:
+                return [], []
+            continue
+        files.append(name)
+    return files, fds

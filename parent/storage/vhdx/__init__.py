@@ -14,12 +14,15 @@ writing), `disk` (the open disk), `create`. Each is pure over bytes except `disk
 which do the I/O with os.pread/os.pwrite. Every corrupt or hostile file is refused with
 `HvError("BadRequest", "<path>: <problem>")` and nothing is written to it.
 
-Not yet: differencing disks (AVHDX, HasParent) are refused with a clear message; the BAT already
-understands their entry layout, and `DiskParameters.has_parent` is where support starts.
+Differencing disks (AVHDX): `create_differencing(path, parent_path)` and
+`merge_into_parent(child_path)` (module `differencing`, crash-safe); `open` opens a child's
+whole parent chain read-only, refusing a parent whose DataWriteGuid no longer matches the
+child's `parent_linkage` (ChainBroken). The locator is in `parent_locator`.
 """
 from __future__ import annotations
 
 from .create import create_vhdx
+from .differencing import create_differencing, merge_into_parent
 from .disk import VhdxDisk, open_vhdx
 from .metadata import DiskParameters, auto_block_size
 
@@ -27,4 +30,4 @@ create = create_vhdx
 open = open_vhdx  # noqa: A001 - the module's verb, as in `vhdx.open(path)`
 
 __all__ = ["create", "open", "create_vhdx", "open_vhdx", "VhdxDisk", "DiskParameters",
-           "auto_block_size"]
+           "auto_block_size", "create_differencing", "merge_into_parent"]

@@ -11,6 +11,10 @@ index, so reads and writes never touch the on-disk BAT. Changes are staged with 
 (the 4 KiB BAT sectors that must be written — through the log — to make them durable) and only
 `commit()`ed to memory once the file holds them.
 
+Differencing disks: payload blocks may also be PARTIALLY_PRESENT (data here for the sectors
+whose bit is set in the chunk's sector bitmap block, the parent's otherwise) and each chunk's
+sector-bitmap entry is NOT_PRESENT or PRESENT (a 1 MiB bitmap block in the file).
+
 Validation at load is stricter than qemu's: reserved bits and reserved states (4, 5; 7 outside
 differencing disks) are refused, NOT_PRESENT/ZERO entries must carry offset 0, sector-bitmap
 entries of fixed and dynamic disks must be 0, and every FULLY_PRESENT block must start at
@@ -32,6 +36,7 @@ ZERO = 2
 UNMAPPED = 3
 FULLY_PRESENT = 6
 PARTIALLY_PRESENT = 7
+SB_PRESENT = 6          # a sector bitmap block's state when it is in the file
 STATE_NAMES = {0: "NOT_PRESENT", 1: "UNDEFINED", 2: "ZERO", 3: "UNMAPPED", 4: "reserved state 4",
                5: "reserved state 5", 6: "FULLY_PRESENT", 7: "PARTIALLY_PRESENT"}
 
@@ -127,7 +132,14 @@ class BlockAllocationTable:
                 if not differencing:
                     raise bad(path, f"sector bitmap BAT entry {index} is {value:#x}; fixed and "
                                     "dynamic disks must leave it NOT_PRESENT (0)")
-                continue  # pragma: no cover - differencing disks are refused before this
+                what = f"sector bitmap BAT entry {index} (chunk {index // stride})"
+                if state != SB_PRESENT:
+                    raise bad(path, f"{what} has state {state}; only NOT_PRESENT (0) and "
+                                    "PRESENT (6) are allowed")
+                self._check_span(path, what, offset, MIB, file_size, reserved_spans)
+                present.append((offset, offset + MIB, f"the sector bitmap of chunk "
+                                                      f"{index // stride}"))
+                continue
             block = index - index // stride
             what = f"BAT entry {index} (block {block})"
             if state in (4, 5) or (state == PARTIALLY_PRESENT and not differencing):
@@ -137,23 +149,32 @@ class BlockAllocationTable:
                                 f"offset {offset}")
             if state in (UNDEFINED, UNMAPPED):
                 continue  # the offset may remember where the block used to be
+            if state == PARTIALLY_PRESENT:
+                chunk = block // self.ratio
+                if table[chunk * stride + self.ratio] & STATE_MASK != SB_PRESENT:
+                    raise bad(path, f"{what} is PARTIALLY_PRESENT but chunk {chunk} has no "
+                                    "sector bitmap")
             length = min(block_size, size - block * block_size)
-            end = offset + length
-            if offset < MIB:
-                raise bad(path, f"{what} points at offset {offset}, inside the header section")
-            if end > file_size:
-                raise bad(path, f"{what} points at {offset}..{end}, past the end of the file "
-                                f"({file_size} bytes)")
-            for start, stop, name in reserved_spans:
-                if offset < stop and start < end:
-                    raise bad(path, f"{what} at {offset} overlaps the {name}")
-            present.append((offset, end, block))
+            self._check_span(path, what, offset, length, file_size, reserved_spans)
+            present.append((offset, offset + length, f"block {block}"))
         present.sort()
         for (o1, e1, b1), (o2, _e2, b2) in zip(present, present[1:]):
             if o2 < e1:
                 kind = "the same" if o1 == o2 else "overlapping"
-                raise bad(path, f"blocks {b1} and {b2} point at {kind} file offsets "
-                                f"({o1} and {o2})")
+                raise bad(path, f"{b1} and {b2} point at {kind} file offsets ({o1} and {o2})")
+
+    @staticmethod
+    def _check_span(path: str, what: str, offset: int, length: int, file_size: int,
+                    reserved_spans: list[tuple[int, int, str]]) -> None:
+        end = offset + length
+        if offset < MIB:
+            raise bad(path, f"{what} points at offset {offset}, inside the header section")
+        if end > file_size:
+            raise bad(path, f"{what} points at {offset}..{end}, past the end of the file "
+                            f"({file_size} bytes)")
+        for start, stop, name in reserved_spans:
+            if offset < stop and start < end:
+                raise bad(path, f"{what} at {offset} overlaps the {name}")
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -162,14 +183,24 @@ class BlockAllocationTable:
         value = self._table[block + block // self.ratio]
         return value & STATE_MASK, value & OFFSET_MASK
 
+    def bitmap_entry(self, chunk: int) -> tuple[int, int]:
+        """(state, file_offset) of chunk `chunk`'s sector bitmap block (differencing disks)."""
+        value = self._table[chunk * (self.ratio + 1) + self.ratio]
+        return value & STATE_MASK, value & OFFSET_MASK
+
+    def bitmap_index(self, chunk: int) -> int:
+        return chunk * (self.ratio + 1) + self.ratio
+
     # -- changes ------------------------------------------------------------------------------
 
-    def sectors_for(self, updates: dict[int, int]) -> list[tuple[int, bytes]]:
-        """The BAT sectors (file offset, 4 KiB image) that hold `updates` {block: entry},
-        in file order, with the updates applied to the images but not yet to memory."""
+    def sectors_for(self, updates: dict[int, int],
+                    raw: dict[int, int] | None = None) -> list[tuple[int, bytes]]:
+        """The BAT sectors (file offset, 4 KiB image) that hold `updates` {block: entry} and
+        `raw` {BAT index: entry} (sector bitmap entries), in file order, with the updates
+        applied to the images but not yet to memory."""
         staged: dict[int, array] = {}
-        for block, value in updates.items():
-            index = bat_index(block, self.ratio)
+        pairs = [(bat_index(b, self.ratio), v) for b, v in updates.items()]
+        for index, value in pairs + list((raw or {}).items()):
             sector = index // ENTRIES_PER_SECTOR
             if sector not in staged:
                 start = sector * ENTRIES_PER_SECTOR
@@ -178,7 +209,10 @@ class BlockAllocationTable:
         return [(self.region_offset + sector * SECTOR_SIZE, _to_bytes(images))
                 for sector, images in sorted(staged.items())]
 
-    def commit(self, updates: dict[int, int]) -> None:
-        """Make staged `updates` {block: entry} visible to lookups (after they are durable)."""
+    def commit(self, updates: dict[int, int], raw: dict[int, int] | None = None) -> None:
+        """Make staged `updates` {block: entry} and `raw` {BAT index: entry} visible to lookups
+        (after they are durable)."""
         for block, value in updates.items():
             self._table[bat_index(block, self.ratio)] = value
+        for index, value in (raw or {}).items():
+            self._table[index] = value

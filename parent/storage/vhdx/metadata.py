@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .layout import GIB, KIB, MIB, TIB, bad
+from .parent_locator import ParentLocator, pack_locator, parse_locator
 
 METADATA_SIGNATURE = b"metadata"
 METADATA_TABLE_SIZE = 64 * KIB
@@ -73,6 +74,7 @@ class DiskParameters:
     disk_id: uuid.UUID
     leave_block_allocated: bool = False
     has_parent: bool = False
+    parent_locator: ParentLocator | None = None
 
     @property
     def chunk_ratio(self) -> int:
@@ -150,6 +152,8 @@ def pack_metadata(params: DiskParameters, region_length: int = MIB) -> bytes:
         (LOGICAL_SECTOR_GUID, struct.pack("<I", params.logical_sector_size)),
         (PHYSICAL_SECTOR_GUID, struct.pack("<I", params.physical_sector_size)),
     ]
+    if params.has_parent:  # last, so a merge can grow it in place
+        values.append((PARENT_LOCATOR_GUID, pack_locator(params.parent_locator)))
     buf = bytearray(region_length)
     struct.pack_into("<8sHH20x", buf, 0, METADATA_SIGNATURE, 0, len(values))
     item_offset = METADATA_TABLE_SIZE
@@ -232,4 +236,38 @@ def parse_metadata(path: str, table: bytes, region_length: int,
         size=size, block_size=block_size, logical_sector_size=logical,
         physical_sector_size=physical, disk_id=uuid.UUID(bytes_le=items[PAGE83_GUID]),
         leave_block_allocated=bool(fp_flags & FP_LEAVE_BLOCK_ALLOCATED) and not has_parent,
-        has_parent=has_parent)
+        has_parent=has_parent,
+        parent_locator=parse_locator(path, items[PARENT_LOCATOR_GUID]) if has_parent else None)
+
+
+def item_spans(table: bytes) -> dict[uuid.UUID, tuple[int, int]]:
+    """{item GUID: (offset, length)} of the non-user items of an already validated table."""
+    _sig, _reserved, count = struct.unpack_from("<8sHH", table, 0)
+    spans = {}
+    for i in range(count):
+        raw_guid, offset, length, flags = struct.unpack_from(
+            "<16sIII", table, 32 + i * METADATA_ENTRY_SIZE)
+        if not flags & FLAG_IS_USER:
+            spans[uuid.UUID(bytes_le=raw_guid)] = (offset, length)
+    return spans
+
+
+def relocate_item(table: bytes, region_length: int, guid: uuid.UUID, value: bytes
+                  ) -> tuple[bytes, int]:
+    """A new table (first 64 KiB) with item `guid` given `value`'s length, and the offset where
+    `value` goes: in place when nothing follows the item, else after the last item. Raises
+    ValueError when the region has no room."""
+    spans = item_spans(table)
+    offset, _length = spans[guid]
+    if any(o > offset for g, (o, n) in spans.items() if g != guid and n):
+        offset = -(-max(o + n for o, n in spans.values()) // 8) * 8
+    if offset + len(value) > region_length:
+        raise ValueError("no room in the metadata region for the item")
+    out = bytearray(table[:METADATA_TABLE_SIZE])
+    _sig, _reserved, count = struct.unpack_from("<8sHH", out, 0)
+    for i in range(count):
+        at = 32 + i * METADATA_ENTRY_SIZE
+        raw_guid, _o, _n, flags = struct.unpack_from("<16sIII", out, at)
+        if uuid.UUID(bytes_le=raw_guid) == guid and not flags & FLAG_IS_USER:
+            struct.pack_into("<16sIII", out, at, raw_guid, offset, len(value), flags)
+    return bytes(out), offset
