@@ -295,38 +295,31 @@ def fork_in_new_pid_ns() -> int:
         os.close(own)
 
 
+def _tmpfs_with_binds(target: str, options: str, binds) -> None:
+    """A tmpfs over `target` in which each path of `binds` (below it) stays, read-only."""
+    fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in binds]  # before they are covered
+    old = os.umask(0o022)   # folders leading to a bind must be open to the sandbox's uid
+    try:
+        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+        for p, fd in zip(binds, fds):
+            os.makedirs(p, mode=0o755, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
+            mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+    finally:
+        os.umask(old)
+        for fd in fds:
+            os.close(fd)
+
+
 def _mount_one(m: Mount) -> None:
     if m.kind == "proc":
         mount("proc", m.target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     elif m.kind == "sysfs":
         mount("sysfs", m.target, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     elif m.kind == "tmpfs":
-        fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in m.binds]  # before they are covered
-        old = os.umask(0o022)   # folders leading to a bind must be open to the sandbox's uid
-        try:
-            mount("tmpfs", m.target, "tmpfs", MS_NOSUID | MS_NODEV, m.options)
-            for p, fd in zip(m.binds, fds):
-                os.makedirs(p, mode=0o755, exist_ok=True)
-                mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
-                mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
-        finally:
-            os.umask(old)
-            for fd in fds:
-                os.close(fd)
+        _tmpfs_with_binds(m.target, m.options, m.binds)
     elif m.kind == "expose":
-        keep = [p for p in m.options.split(":") if p]
-        fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in keep]
-        old = os.umask(0o022)   # the skeleton folders must be open to the sandbox's uid
-        try:
-            mount("tmpfs", m.target, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
-            for p, fd in zip(keep, fds):
-                os.makedirs(p, mode=0o755, exist_ok=True)
-                mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
-                mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
-        finally:
-            os.umask(old)
-            for fd in fds:
-                os.close(fd)
+        _tmpfs_with_binds(m.target, "size=64k,mode=0755", [p for p in m.options.split(":") if p])
     elif m.kind == "hide":
         if os.path.isdir(m.target):
             mount("tmpfs", m.target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0")
