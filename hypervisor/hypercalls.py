@@ -16,6 +16,7 @@ from hypervisor.hypercall_defs import MemorySettings, ProcessorSettings, memory_
 from hypervisor.runtime.arg_checks import get_float, get_int, get_map, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import Request
+from hypervisor.ledger_history import COLUMNS
 
 if TYPE_CHECKING:
     from hypervisor.daemon import Hypervisor
@@ -142,7 +143,6 @@ def _ledger_history(hv, req):
     `vm_ids` (all when absent). Compact, as it is polled every second for every VM: each
     partition is a list [partition_id, vm_id, [entitled, consumed, throttled] (cumulative CPU
     seconds as of its newest sample), then one list per column of `columns`]."""
-    from hypervisor.ledger_history import COLUMNS
     since = get_float(req.args, "since", lo=0) if req.args.get("since") is not None else None
     limit = get_int(req.args, "limit", None, lo=0, hi=1 << 20)
     vm_ids = req.args.get("vm_ids")

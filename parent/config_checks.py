@@ -12,15 +12,15 @@ from __future__ import annotations
 import os
 
 from hypervisor.runtime.errors import HvError
+from hypervisor.hypercall_defs import MemorySettings, ProcessorSettings
+from parent.vm_names import check_name
+from worker.guest.programs import parse_spec
 
 SECTIONS = ("processor", "memory")
 
 
 def config_problem(config: dict) -> str | None:
     """None when `config` can be served, else one sentence naming the first problem."""
-    from hypervisor.hypercall_defs import MemorySettings, ProcessorSettings
-    from parent.vm_names import check_name
-    from worker.guest.programs import parse_spec
     try:
         check_name(config.get("name"))
         for section in SECTIONS:

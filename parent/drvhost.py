@@ -41,6 +41,8 @@ from worker.vmbus import driver_protocol as dp
 from worker.vmbus import messages as m
 from worker.vmbus.ring import PacketType, RingProtocolError
 from worker.vmbus.transport import ChannelEndpoint
+from hypervisor.runtime.rpc_client import RpcClient
+from hypervisor.runtime import sandbox as sb
 
 TICK = 0.1
 STATS_INTERVAL = 0.2
@@ -51,7 +53,6 @@ def attempt_hypercall(home: Home, op: str, args: dict | None = None) -> dict:
     """Call the hypervisor from this process with the credential it holds — none — and say
     what the process was given (names of its environment variables). A driver reaches it as
     `context.hypercall` (parent/drivers/driver_api.py `DriverContext`)."""
-    from hypervisor.runtime.rpc_client import RpcClient  # pyzmq only if a driver asks
     seen = {"environment": sorted(os.environ)}
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:   # a sandboxed driver host cannot even reach the socket (DESIGN §9)
@@ -93,7 +94,6 @@ def listen(home: Home, name: str) -> socket.socket:
 def enter_sandbox(home: Home, sandbox: dict) -> None:
     """The driver host's sandbox (DESIGN §9, hypervisor/runtime/sandbox.py): its own uid,
     no_new_privs, own mount/IPC namespaces (PID: forked into one), the home out of sight."""
-    from hypervisor.runtime import sandbox as sb
     plan = sb.driver_plan(sandbox.get("mode") or "None", sandbox.get("uid"), sandbox.get("gid"),
                           hide=[str(home.root)])
     sb.apply(plan)

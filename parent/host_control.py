@@ -14,6 +14,11 @@ from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.process_tree import is_zombie_or_gone
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import holder_pid
+from hypervisor.runtime.rpc_client import RpcClient
+from parent.client import Client
+from parent.config_store import write_atomic
+from hypervisor.runtime import isolation
+from parent.worker_supervisor import find_live_workers, signal_worker
 
 START_WAIT = 20.0
 STOP_WAIT = 20.0
@@ -45,7 +50,6 @@ def _wait_ready(home: Home, proc: subprocess.Popen, name: str, ping) -> None:
 
 
 def hv_client(home: Home, timeout: float = 2.0):
-    from hypervisor.runtime.rpc_client import RpcClient  # hvctl start time: pyzmq only once a daemon is called
     cred = home.root_credential_file.read_text().strip()
     return RpcClient(home.hypercall_endpoint, auth=cred, timeout=timeout, name="the hypervisor")
 
@@ -62,7 +66,6 @@ def _ping_hypervisor(home: Home) -> None:
 
 
 def _ping_vmms(home: Home) -> None:
-    from parent.client import Client  # hvctl start time: only `host up` / `down` need it
     c = Client(home, timeout=0.5)
     try:
         c.call("ping")
@@ -100,7 +103,6 @@ def host_settings(home: Home, host_memory: int | None, root_reserve: int | None)
     given = {"host_memory": host_memory, "root_reserve": root_reserve}
     changed = {k: v for k, v in given.items() if v is not None and v != settings[k]}
     if changed:
-        from parent.config_store import write_atomic
         settings.update(changed)
         write_atomic(path, json.dumps(settings, sort_keys=True).encode())
     return {k: v for k, v in settings.items() if isinstance(v, int) and not isinstance(v, bool)}
@@ -108,7 +110,6 @@ def host_settings(home: Home, host_memory: int | None, root_reserve: int | None)
 
 def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None = None,
             model: str | None = None) -> dict:
-    from hypervisor.runtime import isolation
     home.ensure()
     model = _choose_driver_model(home, model)
     driver_model.save(home, model)
@@ -149,7 +150,6 @@ def host_up(home: Home, host_memory: int | None = None, root_reserve: int | None
 def _auto_started(home: Home) -> list[str]:
     """VMs vmms's boot actions started (AutomaticStartAction Start, or StartIfRunning for a VM
     that was running at host down): at host boot nothing else can have started them."""
-    from parent.client import Client
     c = Client(home, timeout=5.0)
     try:
         return [vm["Name"] for vm in c.call("get-vm") if vm["State"] != "Off"]
@@ -188,7 +188,6 @@ def host_down(home: Home) -> dict:
     stopped = []
     vmms = holder_pid(home.pidfile("vmms"))
     if vmms:
-        from parent.client import Client  # hvctl start time: only `host down` needs it here
         c = Client(home, timeout=STOP_WAIT)
         try:
             c.call("host-shutdown")
@@ -198,7 +197,6 @@ def host_down(home: Home) -> dict:
             c.close()
         _stop(vmms, STOP_WAIT)
         stopped.append("vmms")
-    from parent.worker_supervisor import find_live_workers, signal_worker  # hvctl start time: pulls in pyzmq
     for vm_id, pid in find_live_workers(home)[0].items():  # workers that outlived a dead vmms
         if signal_worker(home, vm_id, pid, signal.SIGKILL):
             _wait_gone(pid, 3.0)

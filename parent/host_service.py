@@ -17,6 +17,7 @@ from hypervisor.runtime import signal_wakeup
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import holder_pid
+from parent.host_control import host_down, host_up
 
 WATCH_INTERVAL = 1.0
 
@@ -38,7 +39,6 @@ def notify(message: str) -> bool:
 
 
 def serve(home: Home, host_memory: int | None, root_reserve: int | None, log=print) -> None:
-    from parent.host_control import host_down, host_up
     rfd = signal_wakeup.install()
     up = host_up(home, host_memory, root_reserve)
     notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=hypervisor pid {up['HypervisorProcessId']}, "

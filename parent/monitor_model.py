@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from hypervisor.runtime.errors import HvError
 
 SPARK_POINTS = 120
 DRIVER_POLL_EVERY = 5
@@ -198,7 +199,6 @@ def poll_calls(monitor: Monitor) -> list[tuple[str, dict]]:
 def poll(client, monitor: Monitor, now: float) -> Snapshot:
     """One poll through `client` (parent.client.Client), folded into a snapshot; the one place
     here that talks to vmms. An unreachable host raises HvError (code Unavailable)."""
-    from hypervisor.runtime.errors import HvError
     host, history, *drivers = client.call_many(poll_calls(monitor), timeout=5.0)
     for res in (host, history):
         if isinstance(res, HvError):

@@ -30,6 +30,7 @@ import time
 from hypervisor.runtime.errors import HvError
 from worker.guest.programs import parse_spec
 from worker.vm_state import VmState
+from worker import saved_state_file
 
 SAVED_DIR = "Saved"
 SAVED_FILE = "state.vmrs"
@@ -76,7 +77,6 @@ def check_restorable(vmms, rec) -> None:
     """Before starting a Saved VM: its state file exists, checks out and is this VM's."""
     if rec.state != VmState.Saved:
         return
-    from worker import saved_state_file
     path = saved_path(vmms, rec)
     meta = saved_state_file.read_meta(path)
     if meta.get("vm_id") != rec.id:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from hypervisor.runtime.errors import HvError
 from worker.integration import ic_defs
+from parent.storage.disk_backend import chain_paths
 
 if TYPE_CHECKING:
     from parent.vm_record import VmRecord
@@ -66,7 +67,6 @@ def _drive_settings(drive: dict) -> dict:
     descriptors over, since the sandboxed driver host can open no path (DESIGN.md §9). A chain
     that cannot be read here is left out: the driver then refuses the channel and says why."""
     settings = {"path": drive["path"], "controller_location": str(drive["controller_location"])}
-    from parent.storage.disk_backend import chain_paths
     try:
         parents = chain_paths(drive["path"])
     except (HvError, OSError):

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from parent.client import Client
+from hypervisor.runtime.pidfile import holder_pid
+from hypervisor.guest_memory import sweep_stale
+from hypervisor.runtime.paths import Home
 
 ROOT = Path(__file__).resolve().parent.parent
 HVCTL = [sys.executable, "-m", "parent.cli"]
@@ -58,7 +62,6 @@ class Host:
     @property
     def client(self):
         if self._client is None:
-            from parent.client import Client
             self._client = Client(self.home, timeout=30.0)
         return self._client
 
@@ -80,7 +83,6 @@ class Host:
         return res
 
     def pid_of(self, daemon: str) -> int | None:
-        from hypervisor.runtime.pidfile import holder_pid
         return holder_pid(self.home / "run" / f"{daemon}.pid")
 
     def processes(self) -> list[psutil.Process]:
@@ -144,8 +146,6 @@ def stop_host(host: Host, request=None) -> None:
         host.hvctl("host", "down", check=False, timeout=60)
     finally:
         kill_home(host)
-        from hypervisor.guest_memory import sweep_stale
-        from hypervisor.runtime.paths import Home
         sweep_stale(Home.resolve(host.home).shm_prefix)
         shutil.rmtree(host.home, ignore_errors=True)
 

@@ -19,6 +19,7 @@ import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from hypervisor.runtime.sandbox import probe_user_namespaces
 
 UID_FLOOR = 2_000_000
 UID_SPAN = 4096
@@ -109,7 +110,6 @@ def choose(probe: bool = True) -> HostIsolation:
                 break
         return HostIsolation("Full", base, detect_cgroup())
     if probe:
-        from hypervisor.runtime.sandbox import probe_user_namespaces
         allowed = probe_user_namespaces()
     else:
         allowed = _userns_sysctls_allow()

@@ -11,7 +11,6 @@ and the groups of ops that register into it, one module per group:
 - `integration_ops` — integration services, key-value pairs, COM ports;
 - `monitor_ops` — get-vmhistory (the ledgers' last 15 min, what top and the web manager poll);
 - `network_ops` — virtual switches and network adapters;
-- `vhd_chain_ops` — new-vhd --differencing (called by disk_ops' new-vhd);
 - `saved_state_ops` — save-vm, remove-vmsavedstate;
 - `checkpoint_ops` — checkpoint-vm, get-, restore-, remove-vmsnapshot.
 

@@ -43,6 +43,12 @@ from hypervisor.runtime.rpc_server import DEFERRED
 from parent import saved_state
 from parent.control.op_table import control_op, vm_arg
 from worker.vm_state import VmState
+from parent.storage.vhdx import create_differencing
+from parent.storage.vhdx import open as open_vhdx
+from parent.saved_state import saved_path
+from parent.control.disk_ops import check_disks_for_start
+from worker import saved_state_file
+from parent.storage.vhdx import merge_into_parent
 
 MAX_CHECKPOINTS = 50
 TYPES = ("Standard", "Production")
@@ -96,7 +102,6 @@ def child_path(parent: str, cid: str) -> str:
 def switch_drives(vmms, rec, cid: str, over: dict[int, str]) -> list[str]:
     """Give each drive at location -> a new differencing disk over `over[location]`; answers
     the files made (removed again if any step fails)."""
-    from parent.storage.vhdx import create_differencing
     made = []
     try:
         new_drives = []
@@ -132,7 +137,6 @@ def disk_users(rec, path: str) -> list[tuple[str, object]]:
 
 def children_of(path: str, candidates: set[str]) -> list[str]:
     """The differencing disks among `candidates` whose parent is `path`."""
-    from parent.storage.vhdx import open as open_vhdx
     out = []
     for c in sorted(candidates):
         if c == path or not os.path.exists(c):
@@ -208,7 +212,6 @@ def checkpoint_vm(vmms, req):
 
 def link_memory(vmms, rec, cp: dict) -> None:
     """The VM's saved state becomes the checkpoint's memory too (a hard link: no copy)."""
-    from parent.saved_state import saved_path
     target = memory_file(vmms, rec, cp)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.link(saved_path(vmms, rec), target)
@@ -250,7 +253,6 @@ def quiesce(vmms, rec, then) -> None:
 
 def restart(vmms, rec, then) -> None:
     """Start the Saved VM again (start-vm's path); `then(err)` once Running or failed."""
-    from parent.control.disk_ops import check_disks_for_start
     try:
         check_disks_for_start(vmms, rec)
         saved_state.check_restorable(vmms, rec)
@@ -288,7 +290,6 @@ def check_offline(rec, verb: str) -> None:
 def restore_vmsnapshot(vmms, req):
     """Return the VM to a checkpoint (memory and disks): Saved when the checkpoint has memory,
     Off otherwise. Args: vm, name. The VM must be Off or Saved."""
-    from worker import saved_state_file
     rec = vm_arg(vmms, req)
     cp = find(rec, get_str(req.args, "name"))
     check_offline(rec, "apply")
@@ -361,7 +362,6 @@ def remove_one(vmms, rec, cp: dict) -> None:
     """Remove checkpoint `cp`: merge, then the configuration, then delete the merged files (see
     the module doc: a kill at any point leaves a configuration that reads right, and a repeated
     remove finishes the merge)."""
-    from parent.storage.vhdx import merge_into_parent
     import copy
     after = copy.deepcopy(rec.config)   # changed only in memory until the merges are done
     rest = after["checkpoints"] = [c for c in after["checkpoints"] if c["id"] != cp["id"]]

@@ -21,6 +21,13 @@ Rules:
   process holding the file's lock (the backend's flock; Busy naming the process, and its VM
   when it is one of this host's workers).
 
+Differencing disks: `new-vhd` with `differencing` / `parent_path` opens the parent (and its
+whole chain) read-only and checks it — a missing parent is NotFound, a chain whose links no
+longer match is ChainBroken — then `create_differencing` writes the child with the parent's
+geometry and a locator. Merging (Merge-VHD) is not an op: `hvctl merge-vhd` does it in its own
+process, as the cmdlet does, so a long merge never holds vmms's loop; the disks' locks keep it
+off disks in use.
+
 Performance: these ops run on vmms's loop. Creating or validating a disk costs about 0.2 s per
 million BAT entries (a 64 TiB disk with the default 64 MiB blocks has one million) plus, for a
 fixed disk, one posix_fallocate; new-vhd refuses more than limits.MAX_DISK_BLOCKS blocks, so a
@@ -37,6 +44,8 @@ from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.sizes import parse_size
 from parent.control.op_table import control_op, vm_arg
 from parent.storage.disk_backend import create_disk, format_for_path, open_disk
+from parent.storage.vhdx import create_differencing
+from parent.storage.vhdx.metadata import MAX_BLOCK_SIZE, auto_block_size
 from parent.vm_devices import DEVICES_KEY, DRIVES_KEY, STORAGE_DRIVER, drives_of
 from worker.vm_state import VmState
 
@@ -252,7 +261,6 @@ def check_block_count(size: int, block_size: int | None) -> None:
     """A new disk has at most limits.MAX_DISK_BLOCKS payload blocks: its BAT is built and
     checked on vmms's loop, so this bounds new-vhd's time (~0.2 s) and memory (~10 MB).
     The automatic block size always fits; a tiny block size on a huge disk is refused."""
-    from parent.storage.vhdx.metadata import MAX_BLOCK_SIZE, auto_block_size
     if size > limits.MAX_DISK_BYTES:
         raise HvError("BadRequest", f"argument 'size_bytes' must be at most 64 TiB, got {size}")
     block = block_size or auto_block_size(size)
@@ -265,6 +273,28 @@ def check_block_count(size: int, block_size: int | None) -> None:
                                     f"blocks; use a block size of at least {need} bytes")
 
 
+def new_differencing(vmms, req, path: str) -> dict:
+    """Create the differencing disk `path` over args `parent_path` (absolute); optional
+    `block_size_bytes` (default 2 MiB, as Hyper-V) and `size_bytes` (must be the parent's).
+    Answers Get-VHD's object."""
+    if req.args.get("parent_path") is None:
+        raise HvError("BadRequest", "a differencing disk needs 'parent_path'")
+    parent = path_arg(req.args, "parent_path")
+    if req.args.get("fixed"):
+        raise HvError("BadRequest", "a disk is either differencing or fixed: choose one")
+    parent_info = inspect(vmms, parent)   # NotFound / ChainBroken / BadRequest as get-vhd
+    size = bytes_arg(req.args, "size_bytes")
+    if size is not None and size != parent_info["Size"]:
+        raise HvError("BadRequest", f"a differencing disk has its parent's size "
+                                    f"({parent_info['Size']} bytes), not {size}")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise HvError("NotFound", f"{folder}: no such directory")
+    create_differencing(path, parent, block_size=bytes_arg(req.args, "block_size_bytes"))
+    vmms.log.info("vhd_created", path=path, parent=parent, differencing=True)
+    return inspect(vmms, path)
+
+
 @control_op("new-vhd")
 def new_vhd(vmms, req):
     """Create a VHDX (New-VHD). Args: path (absolute), size_bytes, fixed or dynamic (default),
@@ -273,7 +303,6 @@ def new_vhd(vmms, req):
     Answers Get-VHD's object."""
     path = path_arg(req.args)
     if req.args.get("parent_path") is not None or get_bool(req.args, "differencing", False):
-        from parent.control.vhd_chain_ops import new_differencing
         return new_differencing(vmms, req, path)
     size = bytes_arg(req.args, "size_bytes")
     if size is None:

@@ -8,10 +8,12 @@ import time
 
 from hypervisor import hypercall_defs as hc
 from hypervisor.driver_model import DISPLAY as DRIVER_MODELS
+from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.pidfile import holder_pid
 from hypervisor.runtime.rpc_server import DEFERRED
 from parent.control.op_table import control_op
 from worker.vm_state import VmState
+from parent.saved_state import SAVE_TIMEOUT, refuse_unsaveable, saved_path
 
 
 @control_op("ping")
@@ -62,7 +64,6 @@ def shut_down_guest(rec) -> None:
 
 
 def saveable(rec) -> bool:
-    from parent.saved_state import refuse_unsaveable
     try:
         refuse_unsaveable(rec)
     except HvError:
@@ -73,7 +74,6 @@ def saveable(rec) -> bool:
 def save_guest(vmms, rec) -> None:
     """AutomaticStopAction Save: save-vm's path (the worker exits Saved); a worker that refuses
     is turned off now."""
-    from parent.saved_state import SAVE_TIMEOUT, saved_path
     path = saved_path(vmms, rec)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     vmms.lock(rec, "save-vm", override=True)

@@ -30,13 +30,16 @@ import socket
 import uuid
 from typing import TYPE_CHECKING
 
-from hypervisor.runtime.arg_checks import get_bool, get_int, get_str
+from hypervisor.runtime.arg_checks import get_bool, get_str
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.rpc_server import DEFERRED
 from parent.control.op_table import control_op, vm_arg
 from parent.vm_devices import ADAPTERS_KEY, adapters_of
 from worker.vm_state import VmState
 from worker.vmbus import netvsp_protocol as proto
+from parent.config_store import write_atomic
+from parent.network.host_ports import open_host_port
+from worker import tap_device
 
 if TYPE_CHECKING:
     from parent.vmms import Vmms, VmRecord
@@ -72,7 +75,6 @@ def switches(vmms) -> list[dict]:
 
 
 def save_switches(vmms, items: list[dict]) -> None:
-    from parent.config_store import write_atomic
     write_atomic(vmms.home.root / SWITCHES_FILE, json.dumps(items, indent=1).encode())
     vmms.__dict__["_vmswitches"] = items
 
@@ -117,7 +119,6 @@ def driver_config(vmms) -> dict:
 def host_port_fds(vmms) -> dict[str, int]:
     """vmms's own descriptor of each Internal/External switch's host side (opened once; the
     switch host gets duplicates with each configuration, so it needs no privilege itself)."""
-    from parent.network.host_ports import open_host_port
     held = vmms.__dict__.setdefault("_vmswitch_ports", {})
     for sw in switches(vmms):
         if sw["type"] != "Private" and sw["id"] not in held:
@@ -283,7 +284,6 @@ def new_vmswitch(vmms, req):
         sw["net_adapter"] = iface
     elif kind == "Internal":
         need_root(kind)
-        from worker import tap_device
         ifname = host_interface_name(name, sid)
         if tap_device.exists(ifname):
             raise HvError("AlreadyExists", f"host interface {ifname!r} already exists")
@@ -310,7 +310,6 @@ def new_vmswitch(vmms, req):
 
 
 def _delete_tap(vmms, ifname: str) -> None:
-    from worker import tap_device
     try:
         tap_device.delete_persistent(ifname)
     except OSError as exc:

@@ -16,6 +16,7 @@ from hypervisor.runtime.arg_checks import get_bool, get_int
 from hypervisor.runtime.errors import HvError
 from parent.control.op_table import control_op, size_arg, vm_arg
 from worker.vm_state import VmState
+from parent.saved_state import check_saved_change
 
 DM_DEFAULT_MINIMUM = 512 * MIB
 DM_DEFAULT_MAXIMUM = 1024 * 1024 * MIB   # Hyper-V's 1 TB default
@@ -72,7 +73,6 @@ def set_vmprocessor(vmms, req):
     if new["count"] != rec.config["processor"]["count"] and rec.worker is not None:
         raise HvError("InvalidState", f"Count of VM '{rec.name}' can change only while it is Off")
     if new["count"] != rec.config["processor"]["count"]:
-        from parent.saved_state import check_saved_change
         check_saved_change(rec, "the processor count")
     return apply_change(vmms, rec, req, "processor", new, "set-processor", processor_view)
 

@@ -35,6 +35,7 @@ from parent.network.switch_core import PortConfig, Switch
 from worker import tap_device
 from worker.vmbus import netvsp_protocol as proto
 from worker.vmbus.ring import PacketFlags, PacketType, RingProtocolError
+from parent.network.host_ports import open_host_port, port_for
 
 HOST_PORT = "host"
 UPLINK_PORT = "uplink"
@@ -109,7 +110,6 @@ class NetvspDriver(Driver):
             self._place(iid)
 
     def _add_switch(self, spec: dict, fd: int | None) -> None:
-        from parent.network.host_ports import open_host_port, port_for
         st = self.switches[spec["id"]] = SwitchState(spec)
         if spec.get("type") not in ("Internal", "External"):
             if fd is not None:

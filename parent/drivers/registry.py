@@ -10,6 +10,7 @@ from importlib import metadata
 
 from hypervisor.runtime.errors import HvError
 from worker.vmbus.driver_protocol import DRIVER_NAME
+from parent.drivers.driver_api import Driver
 
 GROUP = "hvemu.drivers"
 
@@ -42,7 +43,6 @@ def find(name: str) -> DriverEntry:
 
 def load(name: str):
     """Import and return the driver class (in the driver host only)."""
-    from parent.drivers.driver_api import Driver  # only the driver host loads classes: vmms never imports the API
     for ep in metadata.entry_points(group=GROUP):
         if ep.name == name:
             cls = ep.load()

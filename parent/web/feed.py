@@ -18,6 +18,7 @@ from collections import deque
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
 from parent.monitor_model import Monitor, Snapshot, poll
+from parent.client import Client
 
 EVENT_BACKLOG = 200
 IDLE_AFTER = 30.0       # s without a reader (page, API, scrape): ...
@@ -105,7 +106,6 @@ class Feed:
 
     # --- the threads --------------------------------------------------------------------------
     def _poll_loop(self) -> None:
-        from parent.client import Client
         client = Client(self.home, timeout=5.0)
         monitor = Monitor()
         try:
@@ -137,7 +137,6 @@ class Feed:
             client.close()
 
     def _event_loop(self) -> None:
-        from parent.client import Client
         while not self._stop.is_set():
             client = Client(self.home, timeout=2.0)
             try:

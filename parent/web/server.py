@@ -37,6 +37,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
+from parent.web.metrics import make_registry
+from parent.client import Client
+from parent.web.metrics import render
+from hypervisor.runtime import signal_wakeup
+from hypervisor.runtime.logging_setup import configure
+from hypervisor.runtime.pidfile import PidFile
+from parent.web.feed import Feed
 
 PAGE = Path(__file__).with_name("page.html")
 ACTIONS = {"start": ("start-vm", {}), "stop": ("stop-vm", {}),
@@ -83,7 +90,6 @@ class WebApp:
     """What the handlers share: the home, the feed, the token, the metrics registry."""
 
     def __init__(self, home: Home, feed, token: str, log):
-        from parent.web.metrics import make_registry
         self.home = home
         self.feed = feed
         self.token = token
@@ -92,7 +98,6 @@ class WebApp:
         self.page = PAGE.read_bytes()
 
     def call(self, op: str, timeout: float, **args):
-        from parent.client import Client
         c = Client(self.home, timeout=timeout)
         try:
             return c.call(op, **args)
@@ -193,7 +198,6 @@ class Handler(BaseHTTPRequestHandler):
             self._events(query)
         elif path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST
-            from parent.web.metrics import render
             self._send(200, render(self.app.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             self._json({"ok": True, "pid": os.getpid()})
@@ -261,10 +265,6 @@ def port_in_use_message(bind: str, port: int) -> str:
 
 def main(argv=None) -> None:
     import setproctitle
-    from hypervisor.runtime import signal_wakeup
-    from hypervisor.runtime.logging_setup import configure
-    from hypervisor.runtime.pidfile import PidFile
-    from parent.web.feed import Feed
     ap = argparse.ArgumentParser(prog="python -m parent.web")
     ap.add_argument("--home", required=True)
     ap.add_argument("--port", type=int, default=0)

@@ -16,6 +16,9 @@ import time
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import holder_pid
+from parent.web.server import info_path, token_path
+from parent.web.server import port_in_use_message
+from parent.host_control import _stop
 
 START_WAIT = 15.0
 
@@ -25,7 +28,6 @@ def _pidfile(home: Home):
 
 
 def _info(home: Home, pid: int) -> dict | None:
-    from parent.web.server import info_path, token_path
     try:
         info = json.loads(info_path(home).read_text())
     except (OSError, ValueError):
@@ -39,7 +41,6 @@ def _info(home: Home, pid: int) -> dict | None:
 
 def _check_port(bind: str, port: int) -> None:
     """Refuse a port in use before starting a process (the process checks again when it binds)."""
-    from parent.web.server import port_in_use_message
     if port == 0:
         return
     with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET) as s:
@@ -94,7 +95,6 @@ def stop(home: Home, timeout: float = 10.0) -> dict:
     pid = holder_pid(_pidfile(home))
     if not pid:
         return {"Stopped": False}
-    from parent.host_control import _stop
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -10,6 +10,7 @@ import zmq
 
 from hypervisor.runtime import wire
 from tests.conftest import wait_until
+from hypervisor.runtime.rpc_client import RpcClient
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +106,6 @@ def test_oversized_message_is_dropped_and_daemon_keeps_serving(shared_host, raw)
 
 
 def test_hypercall_socket_refuses_callers_without_the_root_credential(shared_host):
-    from hypervisor.runtime.rpc_client import RpcClient
     for auth in (None, "0" * 64, 12345):
         c = RpcClient(f"ipc://{shared_host.home}/run/hv.sock", auth=auth, timeout=5)
         with pytest.raises(Exception) as exc:

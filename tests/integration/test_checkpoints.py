@@ -19,6 +19,7 @@ from tests.conftest import HVCTL, ROOT, wait_until
 from tests.integration.test_disks import refused
 from tests.integration.test_storage import released
 from worker.guest import disk_pattern
+from worker.saved_state_file import read_meta
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,6 @@ def test_standard_checkpoint_brings_back_count_and_disk(host, tmp_path):
     running_on = drive_path(host, "t1")
     assert running_on.endswith(".avhdx")              # ... on a new differencing disk
     assert host.hvctl("get-vhd", running_on)[1]["ParentPath"] == base
-    from worker.saved_state_file import read_meta
     memory = str(host.home / "vms" / snap["VMId"] / "Snapshots" / f"{snap['Id']}.vmrs")
     meta = read_meta(memory)
     with open(memory, "rb") as f:

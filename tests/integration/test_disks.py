@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import HVCTL, ROOT, wait_until
 from tests.helpers.vhdx_files import patch_bytes, qemu_img, qemu_info, set_bat
+from hypervisor.runtime.errors import HvError
+from parent.storage.disk_backend import open_disk
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +150,6 @@ def test_files_that_are_not_disks_are_refused(host, tmp_path):
         for args in (("get-vhd", path), ("add-vmharddiskdrive", "n", "--path", path)):
             assert words in refused(host, *args, code=code)
     # the control op takes only absolute paths (hvctl makes relative ones absolute)
-    from hypervisor.runtime.errors import HvError
     with pytest.raises(HvError) as info:
         host.call("get-vhd", path="relative.vhdx")
     assert info.value.code == "BadRequest" and "absolute" in info.value.message
@@ -169,7 +170,6 @@ def test_new_vhd_refusals(host, tmp_path):
     assert "no such directory" in refused(host, "new-vhd", str(tmp_path / "no" / "z.vhdx"),
                                           "--size-bytes", "16MB", code="NotFound")
     assert not os.path.exists(other)
-    from hypervisor.runtime.errors import HvError
     with pytest.raises(HvError, match="choose exactly one"):
         host.call("new-vhd", path=other, size_bytes=16 * MIB, fixed=True, dynamic=True)
     rc, info, _ = host.hvctl("new-vhd", other, "--size-bytes", "16MB",
@@ -223,7 +223,6 @@ def test_a_disk_belongs_to_one_vm_and_drives_change_only_while_off(host, tmp_pat
 
 
 def test_start_refuses_a_disk_that_is_corrupt_or_in_use(host, tmp_path):
-    from parent.storage.disk_backend import open_disk
     path = str(tmp_path / "s.vhdx")
     host.hvctl("new-vhd", path, "--size-bytes", "8MB", "--block-size-bytes", "1MB")
     host.new_vm("s")

@@ -13,6 +13,7 @@ import pytest
 from hypervisor.runtime.paths import Home
 from tests.conftest import DRIVER_MODELS, alive, host_in_model, wait_until
 from tests.helpers.host_views import driver, hv_partitions, kvp, progress, summary
+from worker.vmbus.driver_client import DriverConnection
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,6 @@ def test_driver_host_holds_no_credential_and_maps_no_guest_memory(host):
     assert "memfd:vmbus-" in maps                                     # its channels' rings
     assert Home.resolve(host.home).shm_prefix not in maps             # never guest RAM
     # any code in the driver host that calls the hypervisor is refused
-    from worker.vmbus.driver_client import DriverConnection
     conn = DriverConnection(str(host.home / "run" / "d" / "echo.sock"))
     try:
         answer = conn.open_channel().request("hypercall", {"op": "get-host-info"})

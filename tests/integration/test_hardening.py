@@ -18,6 +18,7 @@ import pytest
 from hypervisor.runtime import limits
 from hypervisor.runtime.errors import HvError
 from tests.conftest import alive, short_home, start_host, stop_host, wait_until
+from parent.client import Client
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +174,6 @@ def test_restart_when_the_new_guest_dies_is_not_internal(hh):
     hh.new_vm("rs")
     hh.start("rs")
     old_guest = hh.vm("rs")["GuestProcessId"]
-    from parent.client import Client
     c = Client(hh.home, timeout=40)
     result = {}
     import threading
@@ -207,7 +207,6 @@ def test_hung_hypervisor_never_stalls_vmms(hh, running):
     hv = hh.pid_of("hypervisor")
     os.kill(hv, signal.SIGSTOP)
     try:
-        from parent.client import Client
         clients = [Client(hh.home, timeout=10) for _ in range(8)]
         t0 = time.monotonic()
         import threading

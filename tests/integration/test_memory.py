@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from tests.conftest import alive, short_home, start_host, stop_host, wait_until
+from hypervisor.runtime.paths import Home
 
 pytestmark = pytest.mark.integration
 MB = 1 << 20
@@ -106,7 +107,6 @@ def test_kill_returns_memory_within_a_second(small_host, victim):
 
 
 def _prefix(host):
-    from hypervisor.runtime.paths import Home
     return Home.resolve(host.home).shm_prefix
 
 

@@ -20,6 +20,7 @@ import uuid
 import pytest
 
 from tests.conftest import start_host, stop_host, short_home, wait_until
+from hypervisor.runtime.errors import HvError
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="Internal/External switches need root (host TAP, packet socket)")
@@ -276,7 +277,6 @@ def test_external_switch_reaches_the_network_beyond_a_veth(net):
 
 def test_bad_input_is_refused_by_name_and_changes_nothing(net):
     host, _, _ = net
-    from hypervisor.runtime.errors import HvError
 
     def counters_off(rows):
         return [{k: x for k, x in d.items() if not k.startswith(("Packets", "Bytes", "Dropped"))}

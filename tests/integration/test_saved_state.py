@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import wait_until
 from tests.integration.test_disks import refused
 from tests.integration.test_drivers import summary
+from worker.saved_state_file import read_meta
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,6 @@ def test_counter_continues_after_save_and_start(host):
     path = vmrs(host, vm)
     assert os.path.getsize(path) < 16 * MIB          # only the pages that hold data
     wait_until(lambda: free_memory(host) == idle, 5, what="memory back in the pool")
-    from worker.saved_state_file import read_meta
     meta = read_meta(path)
     assert meta["vm_id"] == vm["Id"] and meta["memory_size"] == 256 * MIB
     import struct

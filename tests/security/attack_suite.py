@@ -21,6 +21,13 @@ import textwrap
 import time
 import zlib
 from pathlib import Path
+from hypervisor.partition_cgroup import MEMORY_OVERHEAD, PIDS_MAX
+from hypervisor.runtime.paths import Home
+from hypervisor.runtime.process_tree import tree
+from hypervisor.runtime.sandbox import TMP_SIZE
+from parent.client import Client
+from parent.host_control import host_up, hv_client
+from worker.vmbus.driver_client import DriverConnection
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIL_PACKAGE = "hvemu-evil-driver"
@@ -147,13 +154,6 @@ def _uid_processes(uid: int) -> list[int]:
 
 
 def run(home: Path, log=print) -> list[dict]:
-    from hypervisor.partition_cgroup import MEMORY_OVERHEAD, PIDS_MAX
-    from hypervisor.runtime.paths import Home
-    from hypervisor.runtime.process_tree import tree
-    from hypervisor.runtime.sandbox import TMP_SIZE
-    from parent.client import Client
-    from parent.host_control import host_up, hv_client
-    from worker.vmbus.driver_client import DriverConnection
     h = Home.resolve(home)
     host_up(h)
     c = Client(h, timeout=30.0)

@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import kill_home, short_home, Host
 from tests.security import attack_suite
+from hypervisor.runtime.paths import Home
+from parent.host_control import host_down
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="Full isolation (a uid and namespaces "
@@ -25,8 +27,6 @@ def attack_rows():
         yield attack_suite.run(home, log=lambda m: None)
     finally:
         try:
-            from hypervisor.runtime.paths import Home
-            from parent.host_control import host_down
             host_down(Home.resolve(home))
         finally:
             kill_home(host)

@@ -18,6 +18,8 @@ from hypervisor.runtime.log_rotation import RotatingFile
 from hypervisor.runtime.pidfile import PidFile, _same_file
 from hypervisor.runtime.sizes import parse_size
 from parent.config_checks import config_problem
+from hypervisor.runtime.paths import Home
+from parent.worker_supervisor import signal_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,8 +116,6 @@ def test_pidfile_release_then_stale_lock_is_not_ownership(tmp_path):
 def test_signal_worker_never_signals_a_non_holder():
     import shutil
     import tempfile
-    from hypervisor.runtime.paths import Home
-    from parent.worker_supervisor import signal_worker
     root = tempfile.mkdtemp(prefix="hv", dir="/tmp")
     try:
         home = Home.resolve(root)

@@ -28,6 +28,8 @@ from parent.storage.vhdx import (create, create_differencing, merge_into_parent,
 from parent.storage.vhdx.layout import MIB, Header, HEADER_OFFSETS
 from parent.storage.vhdx.parent_locator import (ParentLocator, VHDX_LOCATOR_TYPE, pack_locator,
                                                 parse_locator)
+from parent.storage.disk_backend import chain_paths, open_disk
+from worker.vmbus.driver_protocol import open_device_files
 
 SIZE = 16 * MIB
 BLOCK = 2 * MIB          # the differencing default
@@ -296,8 +298,6 @@ def test_merge_killed_at_any_moment_reads_the_same_and_completes(tmp_path):
 def test_chain_opens_from_handed_over_descriptors_alone(chain, tmp_path):
     """A sandboxed storvsp host can open no path: the worker opens every file of the chain
     (driver_protocol.open_device_files with `parent_paths`) and the disk opens from those."""
-    from parent.storage.disk_backend import chain_paths, open_disk
-    from worker.vmbus.driver_protocol import open_device_files
     base, child, ref = chain
     assert chain_paths(child) == [base] and chain_paths(base) == []
     files, fds = open_device_files({"path": child, "parent_paths": chain_paths(child)})
