@@ -26,13 +26,13 @@ class RotatingFile:
 
     def _open(self):
         if self._f is None:
-            self._f = open(self.path, "ab" if self.binary else "a", **({} if self.binary else
-                                                                      {"encoding": "utf-8"}))
-            try:
-                self._size = os.fstat(self._f.fileno()).st_size
-            except OSError:
-                self._size = 0
+            self._f = self._open_file()
+            self._size = os.fstat(self._f.fileno()).st_size
         return self._f
+
+    def _open_file(self):
+        return open(self.path, "ab" if self.binary else "a",
+                    **({} if self.binary else {"encoding": "utf-8"}))
 
     def rotate(self) -> None:
         if not os.access(self.path.parent, os.W_OK):
@@ -76,14 +76,23 @@ class RotatingFile:
         if self._f is None:
             return
         self._f.flush()
+        own = os.fstat(self._f.fileno())
         try:
-            st, own = os.stat(self.path), os.fstat(self._f.fileno())
+            st = os.stat(self.path)
             moved = (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino)
-        except FileNotFoundError:
+        except OSError:
             moved = True
         if moved:
+            try:
+                new = self._open_file()
+            except OSError:
+                # the folder is out of reach (a drvhost in its sandbox): keep the descriptor held
+                # since before the sandbox; rotate() then starts it over, still bounded
+                self._size = own.st_size
+                return
             self._f.close()
-            self._f = None
+            self._f = new
+            self._size = os.fstat(new.fileno()).st_size
         else:
             self._size = own.st_size
 

@@ -10,14 +10,12 @@ import os
 import signal
 import struct
 import subprocess
-import time
 
 import pytest
 
 from parent.storage.vhdx import open as open_vhdx
 from tests.conftest import HVCTL, ROOT, wait_until
-from tests.integration.test_disks import refused
-from tests.integration.test_storage import released
+from tests.helpers.host_views import counter, kvp, refused, released
 from worker.guest import disk_pattern
 from worker.saved_state_file import read_meta
 
@@ -26,12 +24,8 @@ pytestmark = pytest.mark.integration
 MIB = 1 << 20
 
 
-def kvp(host, name) -> dict:
-    return host.call("get-vmkvp", vm=name)
 
 
-def counter(host, name) -> int:
-    return int(kvp(host, name).get("counter", "-1"))
 
 
 def drive_path(host, name) -> str:

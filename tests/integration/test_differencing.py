@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from parent.storage.vhdx import open as open_vhdx
-from tests.integration.test_disks import hvctl_in, refused
-from tests.integration.test_storage import released, result
+from tests.helpers.host_views import hvctl_in, refused, released, result
 from worker.guest import disk_pattern
 
 pytestmark = pytest.mark.integration

@@ -5,15 +5,14 @@ outside referee for the files."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
-import subprocess
 
 import pytest
 
-from tests.conftest import HVCTL, ROOT, wait_until
+from tests.conftest import wait_until
+from tests.helpers.host_views import hvctl_in, refused
 from tests.helpers.vhdx_files import patch_bytes, qemu_img, qemu_info, set_bat
 from hypervisor.runtime.errors import HvError
 from parent.storage.disk_backend import open_disk
@@ -37,22 +36,8 @@ DRIVE_KEYS = {"VMName", "VMId", "ControllerType", "ControllerNumber", "Controlle
               "Path", "Name"}
 
 
-def hvctl_in(host, cwd, *args, as_json=True):
-    """hvctl run from `cwd` (relative paths resolve there)."""
-    proc = subprocess.run([*HVCTL, "--home", str(host.home), *(["--json"] if as_json else []),
-                           *args], capture_output=True, text=True, timeout=60, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    out = json.loads(proc.stdout) if as_json and proc.stdout.strip() else proc.stdout
-    return proc.returncode, out, proc.stderr
 
 
-def refused(host, *args, code: str) -> str:
-    """Run hvctl expecting a refusal with `code`; the message."""
-    rc, out, err = host.hvctl(*args, check=False)
-    assert rc == 1, (rc, out, err)
-    assert out["error"]["code"] == code, out
-    assert err.startswith(f"hvctl: {code}: ")
-    return out["error"]["message"]
 
 
 def digest(path) -> tuple[str, int]:

@@ -12,8 +12,7 @@ import signal
 import pytest
 
 from tests.conftest import wait_until
-from tests.integration.test_disks import refused
-from tests.integration.test_drivers import summary
+from tests.helpers.host_views import counter, kvp, refused, released, summary
 from worker.saved_state_file import read_meta
 
 pytestmark = pytest.mark.integration
@@ -21,12 +20,8 @@ pytestmark = pytest.mark.integration
 MIB = 1 << 20
 
 
-def kvp(host, name) -> dict:
-    return host.call("get-vmkvp", vm=name)
 
 
-def counter(host, name) -> int:
-    return int(kvp(host, name).get("counter", "-1"))
 
 
 def vmrs(host, rec) -> str:
@@ -111,7 +106,6 @@ def test_disk_write_and_device_stream_resume(host, tmp_path):
     host.start("w1")
     assert wait_until(lambda: kvp(host, "w1").get("disk-write"), 60, what="disk-write") == "ok"
     host.call("stop-vm", vm="w1", turn_off=True)
-    from tests.integration.test_storage import released
     released(disk)
     host.call("set-vm", vm="w1", guest="disk-verify:192MB:seed-s")
     host.start("w1")

@@ -13,7 +13,7 @@ import pytest
 
 from parent.control.disk_ops import lock_holders
 from tests.conftest import DRIVER_MODELS, host_in_model, wait_until
-from tests.helpers.host_views import kvp
+from tests.helpers.host_views import driver, kvp, released, result
 from worker.guest import disk_pattern
 
 pytestmark = [pytest.mark.integration,
@@ -31,17 +31,10 @@ def run(*cmd) -> str:
     return proc.stdout
 
 
-def result(host, name, key, timeout=30.0) -> str:
-    return wait_until(lambda: kvp(host, name).get(key), timeout, what=f"KVP {key} of {name}")
 
 
-def storvsp(host) -> dict:
-    return next(d for d in host.call("get-vmhostdriver") if d["Name"] == "storvsp")
 
 
-def released(path: str) -> None:
-    """Wait until no process holds the disk (the driver host closes it when its channel ends)."""
-    wait_until(lambda: not lock_holders(path), 10, what=f"{path} released")
 
 
 def disk_vm(host, name, path, guest):
@@ -63,7 +56,7 @@ def test_qemu_img_disk_written_by_the_guest_reads_back_in_qemu(host, tmp_path):
     run("qemu-img", "create", "-q", "-f", "vhdx", path, "64M")
     disk_vm(host, "w1", path, "disk-write:8MB:seed-a")
     assert result(host, "w1", "disk-write") == "ok"
-    drv = wait_until(lambda: (d := storvsp(host))["Channels"] == 1 and d, 5, what="one channel")
+    drv = wait_until(lambda: (d := driver(host, "storvsp"))["Channels"] == 1 and d, 5, what="one channel")
     assert drv["State"] == "Running"
     assert lock_holders(path) == [drv["ProcessId"]]       # the driver host holds the disk
     host.call("stop-vm", vm="w1")
@@ -109,14 +102,14 @@ def test_kill_9_of_the_storage_driver_host_mid_write_loses_nothing(host, tmp_pat
     size = 256 * MIB
     host.hvctl("new-vhd", path, "--size-bytes", "512MB")
     disk_vm(host, "k1", path, f"disk-write:{size}:seed-k")
-    old = wait_until(lambda: (d := storvsp(host))["State"] == "Running" and d["ProcessId"], 10,
+    old = wait_until(lambda: (d := driver(host, "storvsp"))["State"] == "Running" and d["ProcessId"], 10,
                      what="storvsp running")
     wait_until(lambda: int(kvp(host, "k1").get("disk-write-progress", "0")) >= 16 * MIB, 20,
                interval=0.005, what="the write to be under way")
     assert "disk-write" not in kvp(host, "k1"), "the write finished before the kill: make it larger"
     os.kill(old, signal.SIGKILL)
     assert result(host, "k1", "disk-write", timeout=60) == "ok"
-    drv = wait_until(lambda: (d := storvsp(host))["State"] == "Running" and d, 10, what="restarted")
+    drv = wait_until(lambda: (d := driver(host, "storvsp"))["State"] == "Running" and d, 10, what="restarted")
     assert drv["Restarts"] == 1 and drv["ProcessId"] != old
     assert host.vm("k1")["State"] == "Running"
     rerun(host, "k1", path, f"disk-verify:{size}:seed-k")

@@ -94,6 +94,24 @@ def test_rotating_file_keeps_n_files_of_bounded_size(tmp_path):
     assert (tmp_path / "big.log").stat().st_size == 100
 
 
+def test_rotating_file_whose_folder_went_out_of_reach_keeps_writing_bounded(tmp_path):
+    """A drvhost opens its log, then enters its sandbox: the logs folder is gone from its view.
+    Reaching the size bound must start the held file over, never raise (it killed the drvhost
+    of a 100k-frame fuzz run at exactly 16 MiB of log)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    f = RotatingFile(logs / "drvhost-echo.log", 1000, 4)
+    f.write("first line\n")
+    logs.rename(tmp_path / "elsewhere")          # what the sandbox's mount namespace does to it
+    for i in range(300):
+        f.write(f"{i:04d}-line-of-output\n")
+    f.close()
+    held = tmp_path / "elsewhere" / "drvhost-echo.log"
+    assert held.stat().st_size <= 1000
+    assert held.read_text().endswith("0299-line-of-output\n")
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["drvhost-echo.log"]
+
+
 def test_pidfile_release_then_stale_lock_is_not_ownership(tmp_path):
     path = tmp_path / "vmms.pid"
     first = PidFile(path)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import uuid
+from typing import Callable
 
 from hypervisor.runtime.errors import HvError
 
@@ -98,6 +99,19 @@ def create_vhdx(path: str | os.PathLike, size: int, *, fixed: bool = False,
     layout = plan_layout(params)
     data_offset = layout["data_offset"]
     file_size = data_offset + (params.payload_blocks * block_size if fixed else 0)
+    regions = [(0, header_section(layout)),
+               (layout["bat_offset"],
+                pack_bat(params, layout["bat_length"], data_offset if fixed else None)),
+               (layout["metadata_offset"], pack_metadata(params, layout["metadata_length"]))]
+    write_new_file(path, file_size, regions,
+                   (lambda fd: _preallocate(fd, data_offset, file_size - data_offset)) if fixed
+                   else None)
+
+
+def write_new_file(path: str, file_size: int, regions: list[tuple[int, bytes]],
+                   then: Callable[[int], None] | None = None) -> None:
+    """Create `path` (never over an existing file), `file_size` bytes with `regions` written
+    at their offsets, `then(fd)` if given, synced with its directory. A failure leaves no file."""
     try:
         # 0600: a disk holds a guest's data, for its owner only (DESIGN.md §9)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -107,13 +121,10 @@ def create_vhdx(path: str | os.PathLike, size: int, *, fixed: bool = False,
         raise os_error(path, exc) from exc
     try:
         os.ftruncate(fd, file_size)
-        os.pwrite(fd, header_section(layout), 0)
-        os.pwrite(fd, pack_bat(params, layout["bat_length"], data_offset if fixed else None),
-                  layout["bat_offset"])
-        os.pwrite(fd, pack_metadata(params, layout["metadata_length"]),
-                  layout["metadata_offset"])
-        if fixed:
-            _preallocate(fd, data_offset, file_size - data_offset)
+        for offset, data in regions:
+            os.pwrite(fd, data, offset)
+        if then is not None:
+            then(fd)
         os.fsync(fd)
     except BaseException as exc:
         os.close(fd)

@@ -34,8 +34,8 @@ from typing import Callable
 
 from hypervisor.runtime.errors import HvError
 
-from .create import LOG_LENGTH, _fsync_directory, header_section, plan_layout
-from .disk import open_vhdx, os_error
+from .create import LOG_LENGTH, _fsync_directory, header_section, plan_layout, write_new_file
+from .disk import open_vhdx
 from .layout import MIB
 from .metadata import DiskParameters, check_geometry, pack_metadata
 from .parent_locator import guid_text, locator_for
@@ -60,27 +60,10 @@ def create_differencing(path: str | os.PathLike, parent_path: str | os.PathLike,
                             parent_locator=locator_for(parent_path, path, linkage))
     layout = plan_layout(params)
     assert layout["log_length"] == LOG_LENGTH
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    except FileExistsError:
-        raise HvError("AlreadyExists", f"{path}: file already exists") from None
-    except OSError as exc:
-        raise os_error(path, exc) from exc
-    try:
-        os.ftruncate(fd, layout["data_offset"])
-        os.pwrite(fd, header_section(layout), 0)
-        # the BAT region stays zero: every payload and sector-bitmap entry NOT_PRESENT
-        os.pwrite(fd, pack_metadata(params, layout["metadata_length"]),
-                  layout["metadata_offset"])
-        os.fsync(fd)
-    except BaseException as exc:
-        os.close(fd)
-        os.unlink(path)
-        if isinstance(exc, OSError):
-            raise os_error(path, exc) from exc
-        raise
-    os.close(fd)
-    _fsync_directory(path)
+    # the BAT region stays zero: every payload and sector-bitmap entry NOT_PRESENT
+    write_new_file(path, layout["data_offset"],
+                   [(0, header_section(layout)),
+                    (layout["metadata_offset"], pack_metadata(params, layout["metadata_length"]))])
 
 
 def _runs(extents, limit: int):
