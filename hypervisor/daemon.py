@@ -336,7 +336,7 @@ class Hypervisor:
             if part is not None and part.memory is not None:
                 part.memory.assign(size)
                 if part.guest_pid is not None:
-                    self.cgroups.set_memory(pid, size)
+                    self.cgroups.set_memory(pid, size, reclaim=part.memory.reclaim)
 
     def serve(self, router) -> None:
         self.poller = zmq.Poller()

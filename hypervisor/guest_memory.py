@@ -124,6 +124,14 @@ class GuestMemory:
             os.ftruncate(fd, new_size)
         self._size = new_size
 
+    def reclaim(self) -> None:
+        """Punch again everything past the assignment: pages a guest touched there after a
+        balloon-down (it had not yet learned its new size) go back to the host."""
+        fd = self.fileno()
+        length = os.fstat(fd).st_size
+        if length > self._size:
+            punch_hole(fd, self._size, length - self._size)
+
     def close(self) -> None:
         """Unlink and close; safe to call any number of times."""
         self._finalizer()

@@ -5,6 +5,13 @@ stays inside its VM), memory (the ledger's assignment + `MEMORY_OVERHEAD`, the g
 own heap and its programs' — guest RAM pages are charged to the partition that touches them),
 and stop/continue (the freezer: `freezer.state` in v1, `cgroup.freeze` in v2) for suspend.
 
+A lower memory bound waits `SHRINK_GRACE`: the balloon-down punches the released pages at once,
+but the guest learns its new size only from its next demand report, and every page it touches
+meanwhile in the released range is charged again. Lowered at once, the bound turned that
+write into an OOM kill of the whole VM (seen under load with two Dynamic Memory VMs in
+contention). After the grace the released range is punched again (the guest reads zeros
+there, as it would right after the first punch) and only then the bound is lowered.
+
 Layout: v1 (this CI machine): `/sys/fs/cgroup/{pids,memory,freezer,cpuacct}/hvemu-<home>/<pid>`;
 v2: `/sys/fs/cgroup/hvemu-<home>/<pid>` with `+pids +memory` delegated to the home's group.
 `CgroupLayout` is the pure part (paths and values, unit-tested); `PartitionCgroup` writes them.
@@ -17,11 +24,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 PIDS_MAX = 512
 MEMORY_OVERHEAD = 96 << 20            # the guest runtime (~15 MiB private) and its programs
 V1_CONTROLLERS = ("pids", "memory", "freezer", "cpuacct")
 FREEZE_WAIT = 1.0
+SHRINK_GRACE = 2.0                    # s a lower memory bound waits for the guest to catch up
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,10 @@ class PartitionCgroups:
     def __init__(self, version: str | None, home_tag: str, log):
         self.log = log
         self.layout = CgroupLayout(version, f"hvemu-{home_tag}") if version else None
-        self.pending: set[str] = set()      # removed partitions whose group is still busy
+        self._removing: set[str] = set()     # removed partitions whose group is still busy
+        # partition -> (lower assignment, when to apply it, what releases its pages again)
+        self._lowering: dict[str, tuple[int, float, Callable[[], None]]] = {}
+        self._limits: dict[str, int] = {}     # the assignment each group's bound was set for
         if self.layout is None:
             return
         try:
@@ -88,8 +100,13 @@ class PartitionCgroups:
         for d in self.layout.home_dirs():        # left by a hypervisor that crashed
             for child in d.iterdir() if d.is_dir() else ():
                 if child.is_dir():
-                    self.pending.add(child.name)
+                    self._removing.add(child.name)
         self.sweep()
+
+    @property
+    def pending(self) -> bool:
+        """Work for sweep(): groups to remove, or memory bounds still to lower."""
+        return bool(self._removing or self._lowering)
 
     @property
     def version(self) -> str | None:
@@ -107,13 +124,38 @@ class PartitionCgroups:
         for d in self.layout.dirs(partition_id):
             _write(d / "cgroup.procs", str(pid))
 
-    def set_memory(self, partition_id: str, assigned: int) -> None:
+    def set_memory(self, partition_id: str, assigned: int,
+                   reclaim: Callable[[], None] | None = None, now: float | None = None) -> None:
+        """Bound the partition's memory to `assigned` + overhead: at once when it grows (or
+        without `reclaim`), after SHRINK_GRACE when it shrinks (see the module's docstring)."""
         if self.layout is None:
             return
+        current = self._limits.get(partition_id)
+        if reclaim is not None and current is not None and assigned < current:
+            now = time.monotonic() if now is None else now
+            _, due, _ = self._lowering.get(partition_id, (0, now + SHRINK_GRACE, None))
+            self._lowering[partition_id] = (assigned, due, reclaim)
+            return
+        self._lowering.pop(partition_id, None)
+        self._write_limit(partition_id, assigned)
+
+    def _write_limit(self, partition_id: str, assigned: int) -> None:
         try:
             _write(self.layout.memory_file(partition_id), str(memory_limit(assigned)))
+            self._limits[partition_id] = assigned
         except OSError as exc:  # EBUSY: usage above the new limit could not be reclaimed yet
             self.log.info("memory_limit_not_lowered", partition=partition_id, error=str(exc))
+
+    def _lower_due(self, now: float) -> None:
+        for partition_id, (assigned, due, reclaim) in list(self._lowering.items()):
+            if now < due:
+                continue
+            del self._lowering[partition_id]
+            try:
+                reclaim()           # what the guest touched in the released range since
+            except OSError as exc:
+                self.log.warning("memory_reclaim_failed", partition=partition_id, error=str(exc))
+            self._write_limit(partition_id, assigned)
 
     def freeze(self, partition_id: str, frozen: bool) -> bool:
         """Freeze (or thaw) every process of the partition; True once the kernel says so."""
@@ -151,14 +193,18 @@ class PartitionCgroups:
     def remove(self, partition_id: str) -> None:
         if self.layout is None:
             return
-        self.pending.add(partition_id)
+        self._lowering.pop(partition_id, None)
+        self._limits.pop(partition_id, None)
+        self._removing.add(partition_id)
         self.sweep()
 
-    def sweep(self) -> None:
-        """Remove every pending group that has no process left (bounded: one rmdir each)."""
+    def sweep(self, now: float | None = None) -> None:
+        """Lower the memory bounds that are due; remove every removed group that has no process
+        left (bounded: one rmdir each)."""
         if self.layout is None:
             return
-        for pid in list(self.pending):
+        self._lower_due(time.monotonic() if now is None else now)
+        for pid in list(self._removing):
             busy = False
             name, value = self.layout.freeze_write(False)
             try:   # a frozen group's processes could never exit
@@ -174,13 +220,14 @@ class PartitionCgroups:
                     if exc.errno == errno.EBUSY:
                         busy = True
             if not busy:
-                self.pending.discard(pid)
+                self._removing.discard(pid)
 
     def close(self, wait: float = 1.0) -> None:
         """Remove every group (bounded wait for the last processes to finish exiting)."""
         deadline = time.monotonic() + wait
         self.sweep()
-        while self.pending and time.monotonic() < deadline:
+        self._lowering.clear()
+        while self._removing and time.monotonic() < deadline:
             time.sleep(0.01)
             self.sweep()
         if self.layout is None:
