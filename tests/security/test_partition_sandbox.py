@@ -43,6 +43,13 @@ def test_a_partition_runs_under_its_own_uid_in_its_own_namespaces_and_dies_whole
     for kind in ("user", "pid", "mnt", "ipc", "uts", "net"):
         assert ns(guest, kind) != ns(os.getpid(), kind), kind
         assert ns(guest, kind) != ns(vm2["GuestProcessId"], kind), kind
+    # one id mapped each way (uid/gid 0 inside = the VM's uid/gid), written by a privileged
+    # helper so setgroups stays allowed; inside, no other id exists to be gained
+    gid1 = psutil.Process(guest).gids().real
+    assert open(f"/proc/{guest}/uid_map").read().split() == ["0", str(uid1), "1"]
+    assert open(f"/proc/{guest}/gid_map").read().split() == ["0", str(gid1), "1"]
+    assert open(f"/proc/{guest}/setgroups").read().strip() == "allow"
+    assert status_field(guest, "Groups") == ""
     worker = vm1["WorkerProcessId"]
     assert ns(worker, "pid") == ns(os.getpid(), "pid")    # the worker stays in the host's
     assert psutil.Process(guest).cmdline()[0].startswith("vmmem s1 ")
