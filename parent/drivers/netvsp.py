@@ -224,11 +224,11 @@ class NetvspDriver(Driver):
             ep = ch.endpoint if ch is not None else None
             if ep is None or ep.closed:
                 continue
-            for payload in proto.split_batches(frames):
+            for pieces, n in proto.gather_batches(frames):
                 if len(ep.backlog) >= BACKLOG_FRAMES:
                     st.core.undelivered(pid)
                     continue
-                ep.send_packet(PacketType.DATA, payload)
+                ep.send_gather(PacketType.DATA, pieces, n)
 
     # --- time ----------------------------------------------------------------------------------------
     def next_deadline(self) -> float:

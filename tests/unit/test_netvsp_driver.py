@@ -24,6 +24,11 @@ class FakeEndpoint:
     def send_packet(self, type, payload=b"", txid=0, flags=0):
         self.sent.append((type, bytes(payload)))
 
+    def send_gather(self, type, pieces, n, txid=0, flags=0):
+        payload = b"".join(pieces)
+        assert len(payload) == n
+        self.sent.append((type, payload))
+
     def frames(self) -> list[bytes]:
         return [f for _, p in self.sent for f in proto.decode_batch(p)]
 
@@ -140,6 +145,13 @@ def test_decode_batch_accepts_or_refuses_cleanly(blob):
 def test_batches_round_trip(frames):
     payloads = proto.split_batches(frames, limit=4096)
     assert [f for p in payloads for f in proto.decode_batch(p)] == frames
+
+
+@given(st.lists(st.binary(min_size=1, max_size=2000), min_size=1, max_size=40))
+def test_gathered_batches_are_the_split_batches(frames):
+    gathered = proto.gather_batches(frames, limit=4096)
+    assert [b"".join(pieces) for pieces, _ in gathered] == proto.split_batches(frames, limit=4096)
+    assert all(n == sum(len(p) for p in pieces) for pieces, n in gathered)
 
 
 def test_mac_text():

@@ -46,6 +46,23 @@ def test_wrap_around_all_offsets():
         assert r.read_all() == [Packet(COMP, payload(n, i), i, 0)]
 
 
+def test_gathered_writes_wrap_at_every_offset_like_one_payload():
+    # write_gather copies its pieces one by one (no join): any split of a payload, at any ring
+    # index, reads back as the same packet, zero-padded like write()'s
+    _, w, r = one_ring()
+    buf2, w2, _ = one_ring()
+    for i in range(600):
+        n = i % (w.ring.max_payload + 1)
+        data = payload(n, i)
+        cut = [0, n // 3, n // 2, n]
+        pieces = [data[a:b] for a, b in zip(cut, cut[1:])] + [memoryview(b"")]
+        w.write_gather(DATA, pieces, n, txid=i)
+        w2.write(DATA, data, txid=i)
+        assert bytes(w.ring._view) == bytes(buf2)          # the same bytes in the ring
+        assert r.read_all() == [Packet(DATA, data, i, 0)]
+        w2.ring.store(4, w2._write)                          # the twin's reader keeps up
+
+
 def test_many_packets_read_in_order_and_one_by_one():
     _, w, r = one_ring(HEADER_SIZE + 1024)
     for rounds in range(20):

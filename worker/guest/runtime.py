@@ -217,24 +217,30 @@ class Guest:
         if out is not None:
             os.set_blocking(out.fileno(), False)
             sel.register(out, selectors.EVENT_READ, "console")
+        wake, housekeeping = 0.0, True
         while self.running:
             now = time.monotonic()
-            self.services.tick(now)  # heartbeats, device programs, a drain of every channel
-            wake = min(now + 0.25, self.services.next_deadline())
-            if self.console_in is not None:
-                self.console_in.flush()
-            if self.saving and not self.saved and self._save_ready():
-                self.finish_save()
-            if self.memory is not None and not self.saving:
-                self.memory.step(now)
-                wake = now if self.memory.busy() else min(wake, self.memory.next_deadline())
+            if housekeeping or now >= wake:
+                self.services.tick(now)  # heartbeats, device programs, a drain of every channel
+                wake = min(now + 0.25, self.services.next_deadline())
+                if self.console_in is not None:
+                    self.console_in.flush()
+                if self.saving and not self.saved and self._save_ready():
+                    self.finish_save()
+                if self.memory is not None and not self.saving:
+                    self.memory.step(now)
+                    wake = now if self.memory.busy() else min(wake, self.memory.next_deadline())
+            housekeeping = False     # events of `fast_path` callbacks (network frames) need none
             for key, _ in sel.select(max(0.0, wake - time.monotonic())):
                 if key.data == "link":
+                    housekeeping = True
                     for msg in self.link.receive():
                         self.handle(msg)
                 elif callable(key.data):
                     key.data()  # a VMBus channel's doorbell
+                    housekeeping = housekeeping or not getattr(key.data, "fast_path", False)
                 else:
+                    housekeeping = True
                     try:
                         data = os.read(out.fileno(), 65536)
                     except BlockingIOError:
@@ -246,6 +252,8 @@ class Guest:
             if self.link.closed:
                 self.program.stop()
                 return 3  # the worker is gone; PDEATHSIG normally got here first
+            if not housekeeping and time.monotonic() < wake:
+                continue
             if self.init:
                 self.reap_orphans()
             code = self.program.exited()

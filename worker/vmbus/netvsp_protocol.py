@@ -35,6 +35,27 @@ def encode_batch(frames: list[bytes]) -> bytes:
     return b"".join(b for f in frames for b in (pack(len(f)), f))
 
 
+def gather_batches(frames: list, limit: int = BATCH_BYTES) -> list[tuple[list, int]]:
+    """Frames as as few batches as fit `limit` bytes each, each batch as the pieces of its
+    payload (length prefix, frame, ...) and its size: what `ChannelEndpoint.send_gather`
+    copies into the ring with no join beforehand. Same bytes as `split_batches`."""
+    pack = _LEN.pack
+    if len(frames) == 1:                     # the common case (one frame per wake-up)
+        f = frames[0]
+        return [([pack(len(f)), f], len(f) + 4)]
+    out, cur, size = [], [], 0
+    for f in frames:
+        n = len(f) + 4
+        if cur and size + n > limit:
+            out.append((cur, size))
+            cur, size = [], 0
+        cur += (pack(len(f)), f)
+        size += n
+    if cur:
+        out.append((cur, size))
+    return out
+
+
 def split_batches(frames: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
     """Frames as as few batch payloads as fit `limit` bytes each."""
     out, cur, size = [], [], 0

@@ -42,6 +42,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from typing import NamedTuple
 
 HEADER_SIZE = 64
 PACKET_HEADER_SIZE = 16
@@ -90,8 +91,8 @@ class RingProtocolError(RingError):
     """The ring's contents break the protocol (or a packet can never fit): fail the channel."""
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
+    """One packet read from a ring (a tuple: cheap to make, one per packet on the data path)."""
     type: int
     payload: bytes
     txid: int = 0
@@ -204,22 +205,33 @@ class RingWriter:
         Raises RingFull (after asking the reader to signal when there is room) or
         RingProtocolError for a packet larger than this ring can ever hold.
         """
+        src = memoryview(payload)
+        if src.format != "B" or src.itemsize != 1:
+            src = src.cast("B")
+        return self.write_gather(type, (src,), len(src), txid, flags)
+
+    def write_gather(self, type: int, pieces, n: int, txid: int = 0, flags: int = 0) -> bool:
+        """`write` of a payload given as byte-like `pieces` (bytes, bytearray or byte
+        memoryviews) of `n` bytes in all: each piece is copied into the ring once, with no join
+        beforehand (a batch of frames goes in without being assembled first)."""
         if type not in _PACKET_TYPES:
             raise ValueError(f"unknown packet type {type}")
         if flags & ~_KNOWN_FLAGS or flags < 0:
             raise ValueError(f"unknown packet flags {flags:#x}")
         if not 0 <= txid <= _U64_MAX:
             raise ValueError(f"transaction id {txid} out of range")
-        src = memoryview(payload)
-        if src.format != "B" or src.itemsize != 1:
-            src = src.cast("B")
-        ring, n = self.ring, len(src)
-        total = packet_size(n)
+        ring = self.ring
+        size = ring.data_size
+        total = PACKET_HEADER_SIZE + ((n + ALIGN - 1) & ~(ALIGN - 1))
         if n > ring.max_payload:
             raise RingProtocolError(f"payload of {n} bytes can never fit: ring holds at most "
                                     f"{ring.max_payload}")
-        free = self.free_bytes()
-        if total > free:
+        old = self._write
+        words = ring._words
+        read = words[1]                                   # _READ_INDEX, checked below
+        if read >= size or read % ALIGN:
+            raise RingProtocolError(f"read index {read} invalid for a {size}-byte ring")
+        if total > size - (old - read) % size - ALIGN:
             # Ask for a signal, then look again: the reader may have freed space meanwhile
             # without seeing our request.
             ring.store(_PENDING_SEND_SIZE, total)
@@ -227,22 +239,32 @@ class RingWriter:
             free = self.free_bytes()
             if total > free:
                 raise RingFull(total, free)
-        old = self._write
-        pos = old
-        ring.copy_in(pos, _PACKET_HEADER.pack(type, flags, n, txid))
-        pos = (pos + PACKET_HEADER_SIZE) % ring.data_size
-        ring.copy_in(pos, src)
-        pos = (pos + n) % ring.data_size
-        ring.copy_in(pos, _ZEROS[:total - PACKET_HEADER_SIZE - n])
-        self._write = (old + total) % ring.data_size
-        ring.store(_WRITE_INDEX, self._write)          # publish after the packet is in place
+        data = ring._data
+        if old + PACKET_HEADER_SIZE <= size:
+            _PACKET_HEADER.pack_into(data, old, type, flags, n, txid)
+        else:
+            ring.copy_in(old, _PACKET_HEADER.pack(type, flags, n, txid))
+        pos = (old + PACKET_HEADER_SIZE) % size
+        for piece in pieces:
+            k = len(piece)
+            if pos + k <= size:
+                data[pos:pos + k] = piece
+                pos += k
+            else:
+                ring.copy_in(pos, piece)
+                pos = (pos + k) % size
+        pad = total - PACKET_HEADER_SIZE - n
+        if pad:
+            ring.copy_in(pos % size, _ZEROS[:pad])
+        self._write = (old + total) % size
+        words[0] = self._write                              # publish after the packet is in place
         if self._pending:
             ring.store(_PENDING_SEND_SIZE, 0)
             self._pending = False
-        if ring.load(_INTERRUPT_MASK):
+        if words[2]:                                        # _INTERRUPT_MASK
             return False
         # The reader had consumed everything up to where this packet starts: it may be asleep.
-        return ring.load(_READ_INDEX) == old
+        return words[1] == old
 
 
 class RingReader:
@@ -290,22 +312,28 @@ class RingReader:
     def _read_batch(self, limit: int | None) -> list[Packet]:
         ring = self.ring
         size = ring.data_size
+        data = ring._data
         write = ring.checked_index(_WRITE_INDEX, "write")
-        pos, left = self._read, ring.used(write, self._read)
+        pos, left = self._read, (write - self._read) % size
         packets: list[Packet] = []
+        unpack_from, types, known = _PACKET_HEADER.unpack_from, _PACKET_TYPES, ~_KNOWN_FLAGS
         while left and (limit is None or len(packets) < limit):
             if left < PACKET_HEADER_SIZE:
                 raise RingProtocolError(f"{left} bytes left at {pos}, less than a packet header")
-            type_, flags, n, txid = _PACKET_HEADER.unpack(ring.copy_out(pos, PACKET_HEADER_SIZE))
-            if type_ not in _PACKET_TYPES:
+            if pos + PACKET_HEADER_SIZE <= size:
+                type_, flags, n, txid = unpack_from(data, pos)
+            else:
+                type_, flags, n, txid = _PACKET_HEADER.unpack(ring.copy_out(pos, PACKET_HEADER_SIZE))
+            if type_ not in types:
                 raise RingProtocolError(f"bad packet type {type_} at {pos}")
-            if flags & ~_KNOWN_FLAGS:
+            if flags & known:
                 raise RingProtocolError(f"bad packet flags {flags:#x} at {pos}")
-            total = packet_size(n)
+            total = PACKET_HEADER_SIZE + ((n + ALIGN - 1) & ~(ALIGN - 1))
             if total > left:
                 raise RingProtocolError(f"packet at {pos} claims {n} payload bytes, "
                                         f"only {left - PACKET_HEADER_SIZE} present")
-            payload = ring.copy_out((pos + PACKET_HEADER_SIZE) % size, n)
+            start = (pos + PACKET_HEADER_SIZE) % size
+            payload = bytes(data[start:start + n]) if start + n <= size else ring.copy_out(start, n)
             packets.append(Packet(type_, payload, txid, flags))
             pos, left = (pos + total) % size, left - total
         if packets:
@@ -330,6 +358,9 @@ class RingEndpoint:
 
     def send(self, type: int, payload=b"", txid: int = 0, flags: int = 0) -> bool:
         return self.out.write(type, payload, txid, flags)
+
+    def send_gather(self, type: int, pieces, n: int, txid: int = 0, flags: int = 0) -> bool:
+        return self.out.write_gather(type, pieces, n, txid, flags)
 
     def receive_all(self) -> list[Packet]:
         return self.inp.read_all()

@@ -159,6 +159,21 @@ class ChannelEndpoint:
         except RingFull:
             self._queue(type, payload, txid, flags)
 
+    def send_gather(self, type: int, pieces, n: int, txid: int = 0, flags: int = 0) -> None:
+        """`send_packet` of a payload given as pieces (netvsp_protocol.gather_batches): copied
+        into the ring piece by piece; joined only if it has to wait in the backlog."""
+        if self.closed:
+            return
+        if not self.backlog:
+            try:
+                if self.ring.out.write_gather(type, pieces, n, txid, flags):
+                    ring_doorbell(self.peer_bell)
+                self.sent += 1
+                return
+            except RingFull:
+                pass
+        self._queue(type, b"".join(pieces), txid, flags)
+
     def _queue(self, type: int, payload, txid: int, flags: int) -> None:
         if len(self.backlog) >= BACKLOG_LIMIT:
             raise HvError("Busy", f"channel backlog of {BACKLOG_LIMIT} packets is full")
