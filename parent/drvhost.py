@@ -206,8 +206,9 @@ class DriverHost:
         ep, ch = served.endpoint, served.channel
         try:
             if self.driver.raw_packets:
-                for packet in ep.receive():
+                for packet in ep.receive(rearm=False):
                     self._raw(served, packet)
+                ep.rearm()      # after the work: the doorbell's system call is off its path
                 return
             for packet in ep.receive():
                 msg = m.decode(packet)

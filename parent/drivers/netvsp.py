@@ -212,9 +212,13 @@ class NetvspDriver(Driver):
             self._deliver(st, out)
 
     def _deliver(self, st: SwitchState, out: list[tuple[str, bytes]]) -> None:
-        by_port: dict[str, list[bytes]] = {}
-        for pid, frame in out:
-            by_port.setdefault(pid, []).append(frame)
+        if len(out) == 1:                      # the common case: one frame to one port
+            pid, frame = out[0]
+            by_port = {pid: [frame]}
+        else:
+            by_port = {}
+            for pid, frame in out:
+                by_port.setdefault(pid, []).append(frame)
         for pid, frames in by_port.items():
             if pid == st.host_port_id:
                 for f in frames:

@@ -119,6 +119,7 @@ class Switch:
         self.ports: dict[str, Port] = {}
         self.macs: dict[tuple[int | None, bytes], tuple[str, float]] = {}
         self.flooded = 0
+        self.mirroring = False        # some port is a mirror Destination (kept by set/remove_port)
 
     # --- ports -----------------------------------------------------------------------------------
     def set_port(self, port_id: str, config: PortConfig, now: float = 0.0) -> Port:
@@ -131,6 +132,7 @@ class Switch:
             if port.config.vlan != config.vlan:
                 self._forget(port_id)
             port.config = config
+        self.mirroring = any(p.config.mirroring == "Destination" for p in self.ports.values())
         rate = config.max_bandwidth
         if rate <= 0:
             port.bucket = None
@@ -141,6 +143,7 @@ class Switch:
     def remove_port(self, port_id: str) -> Port | None:
         port = self.ports.pop(port_id, None)
         self._forget(port_id)
+        self.mirroring = any(p.config.mirroring == "Destination" for p in self.ports.values())
         return port
 
     def _forget(self, port_id: str) -> None:
@@ -155,7 +158,8 @@ class Switch:
         if port is None or len(frame) < l2 + 14:
             return []
         cfg = port.config
-        if cfg.mac is not None and not cfg.spoofing and frame[l2 + 6:l2 + 12] != cfg.mac:
+        macs = bytes(frame[l2:l2 + 12])           # destination, source: one small copy
+        if cfg.mac is not None and not cfg.spoofing and macs[6:] != cfg.mac:
             port.counters.dropped_spoofed += 1
             return []
         bucket = port.bucket
@@ -169,7 +173,7 @@ class Switch:
                 port.queue.append(frame)
                 port.queued_bytes += size
                 return self.release(now) if len(port.queue) == 1 else []
-        return self._forward(port, frame, now)
+        return self._forward(port, frame, now, macs)
 
     def release(self, now: float) -> list[tuple[str, bytes]]:
         """Queued frames whose tokens are there now."""
@@ -197,15 +201,18 @@ class Switch:
                 best = min(best, port.bucket.ready_at((len(port.queue[0]) - self.l2) * 8))
         return best
 
-    def _forward(self, port: Port, frame: bytes, now: float) -> list[tuple[str, bytes]]:
+    def _forward(self, port: Port, frame: bytes, now: float,
+                 macs: bytes | None = None) -> list[tuple[str, bytes]]:
         l2 = self.l2
-        src, dst = frame[l2 + 6:l2 + 12], frame[l2:l2 + 6]
+        if macs is None:
+            macs = bytes(frame[l2:l2 + 12])
+        src, dst = macs[6:], macs[:6]
         vlan = port.config.vlan
         c = port.counters
         c.rx_frames += 1
         c.rx_bytes += len(frame) - l2
         if not src[0] & 1:            # never learn a multicast source
-            self.macs[(vlan, bytes(src))] = (port.port_id, now)
+            self.macs[(vlan, src)] = (port.port_id, now)
         targets: list[str]
         if dst[0] & 1:                # broadcast or multicast
             targets = self._flood(port.port_id, vlan)
@@ -217,9 +224,8 @@ class Switch:
                 if hit is not None:
                     del self.macs[(vlan, dst)]
                 targets = self._flood(port.port_id, vlan)
-        mirror = port.config.mirroring == "Source" or any(
-            self.ports[t].config.mirroring == "Source" for t in targets)
-        if mirror:
+        if self.mirroring and (port.config.mirroring == "Source" or any(
+                self.ports[t].config.mirroring == "Source" for t in targets)):
             for p in self.ports.values():
                 if p.config.mirroring == "Destination" and p.port_id != port.port_id \
                         and p.port_id not in targets:

@@ -125,8 +125,9 @@ class ClientDevice:
         if ep is None:
             return
         if self.raw:
-            for packet in ep.receive():
+            for packet in ep.receive(rearm=False):
                 self.on_packet(packet)
+            ep.rearm()
             if self.spin_seconds > 0:
                 self._spin(ep)
             return

@@ -35,11 +35,18 @@ def encode_batch(frames: list[bytes]) -> bytes:
     return b"".join(b for f in frames for b in (pack(len(f)), f))
 
 
+def frame_length(frame) -> bytes:
+    """A frame's length prefix in a batch."""
+    return _LEN.pack(len(frame))
+
+
 def gather_batches(frames: list, limit: int = BATCH_BYTES) -> list[tuple[list, int]]:
     """Frames as as few batches as fit `limit` bytes each, each batch as the pieces of its
     payload (length prefix, frame, ...) and its size: what `ChannelEndpoint.send_gather`
     copies into the ring with no join beforehand. Same bytes as `split_batches`."""
     pack = _LEN.pack
+    if not frames:
+        return []
     if len(frames) == 1:                     # the common case (one frame per wake-up)
         f = frames[0]
         return [([pack(len(f)), f], len(f) + 4)]
