@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import time
 
+from hypervisor.runtime import sched_slice
 from parent.drivers.driver_api import Driver, DriverChannel
 from parent.network.switch_core import PortConfig, Switch
 from worker import tap_device
@@ -79,6 +80,7 @@ class NetvspDriver(Driver):
 
     def attach(self, io) -> None:
         self.io = io
+        sched_slice.request_slice()     # on a frame's path: preempt promptly when woken
 
     # --- configuration from vmms ------------------------------------------------------------------
     def configure(self, body: dict, fds: list[int] = ()) -> None:

@@ -5,11 +5,14 @@ moves over the device's VMBus channel (protocol: worker/vmbus/netvsp_protocol.py
 `NetAdapterClient` (one per device): on open it asks the switch for the adapter's MAC and index,
 creates the TAP once (it outlives channels: a driver-host crash rescinds the channel, the
 interface and its addresses stay, and frames resume on the reopened channel), and then:
-- TAP → ring: on the TAP's readability, every frame waiting (bounded) goes out as one batch
-  packet. When the ring is full the endpoint keeps a backlog; the client then stops reading the
+- TAP → ring: on the TAP's readability the first frame goes out at once (its doorbell is not
+  delayed by the read that finds the TAP empty), then every other frame waiting (bounded) as
+  one batch packet. When the ring is full the endpoint keeps a backlog; the client then stops reading the
   TAP (the kernel queues, then drops: TCP backs off) until the switch drained the ring.
 - ring → TAP: each frame of a batch is written to the TAP; one the kernel has no room for is
-  dropped (Ethernet).
+  dropped (Ethernet). The kernel often answers in that same write (an echo reply, a TCP ACK,
+  new data a window update released): the TAP is read right after, not one loop turn later.
+Both are `fast_path` callbacks: the guest loop skips its housekeeping after them.
 While no channel is open, frames read from the TAP are dropped.
 
 `NetAdapters` (one per guest) is the KVP side, as Hyper-V's KVP integration service does it:
@@ -23,6 +26,7 @@ import json
 import os
 import subprocess
 
+from hypervisor.runtime import sched_slice
 from worker import tap_device
 from worker.guest.vmbus_client import ClientDevice, GuestBus, fast_path
 from worker.vmbus import netvsp_protocol as proto
@@ -153,6 +157,7 @@ class NetAdapters:
         self.next_refresh = float("inf")
         services.bus.register(proto.CLASS_ID, self._client)
         services.host_listeners.append(self._host_change)
+        sched_slice.request_slice()     # the runtime is on every frame's path (its programs are not)
 
     def _client(self, bus: GuestBus, offer: Offer) -> NetAdapterClient:
         client = NetAdapterClient(bus, offer, self)

@@ -34,8 +34,10 @@ before the data, which shows up as a RingProtocolError, not as wrong data being 
 — except for payload bytes, which the checks cannot vouch for.
 
 Performance: bytes move with memoryview slice assignment and `bytes()`/`join` of slices (one
-memcpy each, at most two pieces for a wrapped packet); there is no per-byte Python loop. A read
-batch publishes read_index once.
+memcpy each, at most two pieces for a wrapped packet); there is no per-byte Python loop.
+`write_gather` copies a payload given as pieces (a batch's length prefixes and frames) without
+joining them first; headers are packed/unpacked in place unless they wrap. A read batch
+publishes read_index once. Packets are NamedTuples (cheap to make: one per packet).
 """
 from __future__ import annotations
 

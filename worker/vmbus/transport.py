@@ -19,7 +19,10 @@ Trust: the peer may be hostile. `receive()` raises `RingProtocolError` for anyth
 the caller fails that channel only. A region whose size does not match its offer is refused.
 
 Performance: a round trip costs two eventfd writes, two poll wake-ups and four memcpys;
-packets are read in batches and one doorbell read clears any number of signals.
+packets are read in batches and one doorbell read clears any number of signals. A caller on a
+latency path (netvsp) reads with `receive(rearm=False)`, handles the packets, then `rearm()`s
+(clear, look again): the doorbell's system call comes after the work, not before it.
+`send_gather` copies a payload given as pieces straight into the ring (no join).
 """
 from __future__ import annotations
 
