@@ -17,7 +17,8 @@ its worker with `fork_in_new_pid_ns`, and still the host's root):
 2. drop to the VM's uid/gid (no supplementary groups), `no_new_privs`;
 3. a user namespace (uid 0 inside = the VM's uid outside, one id mapped; the maps are written by
    a helper forked while still root (`_MapWriter`), so setgroups stays allowed — inside it can
-   only name the VM's own gid — and a guest's root can `initgroups`, e.g. `tcpdump -Z root`) together with fresh
+   only name the VM's own gid — and a guest's root can `initgroups`, e.g. `tcpdump -Z root`)
+   together with fresh
    mount, UTS, IPC and network namespaces owned by it: the guest is root of those only, so it may
    configure its own interfaces (a TAP of its network adapter) and mounts; the mounts of step 1
    are locked under it;

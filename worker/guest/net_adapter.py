@@ -7,8 +7,8 @@ creates the TAP once (it outlives channels: a driver-host crash rescinds the cha
 interface and its addresses stay, and frames resume on the reopened channel), and then:
 - TAP → ring: on the TAP's readability the first frame goes out at once (its doorbell is not
   delayed by the read that finds the TAP empty), then every other frame waiting (bounded) as
-  one batch packet. When the ring is full the endpoint keeps a backlog; the client then stops reading the
-  TAP (the kernel queues, then drops: TCP backs off) until the switch drained the ring.
+  one batch packet. When the ring is full the endpoint keeps a backlog; the client then stops
+  reading the TAP (the kernel queues, then drops: TCP backs off) until the switch drained it.
 - ring → TAP: each frame of a batch is written to the TAP; one the kernel has no room for is
   dropped (Ethernet). The kernel often answers in that same write (an echo reply, a TCP ACK,
   new data a window update released): the TAP is read right after, not one loop turn later.
@@ -157,7 +157,7 @@ class NetAdapters:
         self.next_refresh = float("inf")
         services.bus.register(proto.CLASS_ID, self._client)
         services.host_listeners.append(self._host_change)
-        sched_slice.request_slice()     # the runtime is on every frame's path (its programs are not)
+        sched_slice.request_slice()     # the runtime is on every frame's path (not its programs)
 
     def _client(self, bus: GuestBus, offer: Offer) -> NetAdapterClient:
         client = NetAdapterClient(bus, offer, self)

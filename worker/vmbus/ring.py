@@ -325,7 +325,8 @@ class RingReader:
             if pos + PACKET_HEADER_SIZE <= size:
                 type_, flags, n, txid = unpack_from(data, pos)
             else:
-                type_, flags, n, txid = _PACKET_HEADER.unpack(ring.copy_out(pos, PACKET_HEADER_SIZE))
+                head = ring.copy_out(pos, PACKET_HEADER_SIZE)       # a header that wraps
+                type_, flags, n, txid = _PACKET_HEADER.unpack(head)
             if type_ not in types:
                 raise RingProtocolError(f"bad packet type {type_} at {pos}")
             if flags & known:
