@@ -48,7 +48,9 @@ def test_cap_holds_a_cpu_burner_to_its_maximum(host):
     assert m["ThrottledTime"] > 0.5 and m["CPUTime"] > 0.3
     # live change: lift the cap
     host.hvctl("set-vmprocessor", "capped", "--maximum", "100")
-    assert measured_shares(host, ["capped"], 2.0)["capped"] > 0.6
+    # clearly past the old 25 % ceiling; how near a whole CPU it gets depends on outside load
+    # (a quiet host gives ~0.95, a host at load 10 gave 0.53)
+    assert measured_shares(host, ["capped"], 2.0)["capped"] > 0.4
 
 
 def ledger(host) -> dict:
