@@ -94,6 +94,13 @@ class VirtualDevices:
         for port in self.com.values():
             port.tick()
 
+    def next_deadline(self, now: float) -> float:
+        """When tick() next has work (the worker's loop sleeps until then or an event)."""
+        due = self.bus.next_deadline(now)
+        if any(port.out for port in self.com.values()):
+            due = min(due, now + 0.05)   # a COM port client that could not take everything yet
+        return due
+
     def guest_gone(self) -> None:
         self.bus.guest_gone()
 

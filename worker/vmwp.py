@@ -26,12 +26,13 @@ from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile, read_pid
 from worker import guest_link
 from worker.guest.runtime import guest_main
+from worker.integration.ic_defs import HEARTBEAT_LOST_AFTER
 from worker.virtual_devices import VirtualDevices
 from worker.vm_state import VmState, begin, result
 from worker.worker_defs import NOTIFY_STATUS, STATUS_KEYS, STOP_TIMEOUT_DEFAULT, bind_worker_ops
 
 SAVE_QUIESCE_TIMEOUT = 10.0
-HEARTBEAT_LOST_AFTER = 2.0  # 3 missed beats at the guest's 0.5 s interval, plus slack
+IDLE_WAIT = 30.0          # s; the longest the loop sleeps when nothing is due (every wait bounded)
 BOOT_DEADLINE = 30.0
 RELAY_PER_SECOND = 50     # child-partition hypercalls a guest may send per second (it reports every 0.5 s)
 
@@ -144,6 +145,22 @@ class Worker:
 
     def refresh_heartbeat(self) -> None:
         self._update_heartbeat()
+
+    def next_due(self, now: float) -> float:
+        """When the loop must next wake up with no event: the heartbeat's loss deadline, a
+        stop, save or boot deadline, or a device's timer — never a fixed tick (issue 16)."""
+        due = now + IDLE_WAIT
+        if self.heartbeat == "OkApplicationsUnknown" and self.last_beat is not None:
+            due = min(due, self.last_beat + HEARTBEAT_LOST_AFTER + 0.001)
+        if self.stop_request is not None:
+            due = min(due, self.stop_request[1])
+        if self.save_request is not None:
+            due = min(due, self.save_request[1] + 0.001)
+        if self.state in (VmState.Starting, VmState.Reset):
+            due = min(due, self.boot_deadline + 0.001)
+        if self.services is not None:
+            due = min(due, self.services.next_deadline(now))
+        return due
 
     # --- partition and guest --------------------------------------------------------------
     def boot(self, guest_pid: int, link: guest_link.GuestLink) -> None:
@@ -588,7 +605,8 @@ class Worker:
             self.error = {"code": err.code, "message": err.message}
             self.power_off(f"start failed: {err.message}")
         while not self.done:
-            for sock, _ in self.poller.poll(250):
+            wait = max(0.0, self.next_due(time.monotonic()) - time.monotonic())
+            for sock, _ in self.poller.poll(int(wait * 1000) + (1 if wait else 0)):
                 if sock is router:
                     self.server.drain()
                 elif sock == rfd:

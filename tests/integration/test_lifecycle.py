@@ -156,7 +156,7 @@ def test_frozen_guest_loses_heartbeat_and_recovers(host):
     wait_until(lambda: host.vm("hb")["Heartbeat"] == "OkApplicationsUnknown", 3, what="first beat")
     os.kill(guest, signal.SIGSTOP)  # frozen behind the hypervisor's back: not a pause
     try:
-        vm = wait_until(lambda: (v := host.vm("hb"))["Heartbeat"] == "LostCommunication" and v, 5,
+        vm = wait_until(lambda: (v := host.vm("hb"))["Heartbeat"] == "LostCommunication" and v, 8,
                         what="LostCommunication after missed beats")
         assert vm["State"] == "Running" and "Lost communication" in vm["Status"]
     finally:

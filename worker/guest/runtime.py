@@ -28,6 +28,7 @@ import time
 
 import setproctitle
 
+from hypervisor.runtime import signal_wakeup
 from worker.guest import device_programs
 from worker.guest.console import CommandInput, RuntimeConsole
 from worker.guest.guest_ram import GuestRam
@@ -37,8 +38,9 @@ from worker.guest.programs import RunningProgram, parse_spec
 from worker.guest.secret_program import SecretProgram
 from worker.guest_link import GuestLink
 
-HEARTBEAT_INTERVAL = 0.5
 BOOT_TIMEOUT = 30.0
+IDLE_WAIT = 30.0      # s; the longest the loop sleeps with nothing due (heartbeats come sooner)
+BUSY_WAIT = 0.25      # s; while a save quiesces or console input waits for the command's stdin
 PR_SET_PDEATHSIG = 1
 
 
@@ -86,6 +88,8 @@ class Guest:
         self.console_in: CommandInput | None = None
         self.halt_reason: str | None = None
         self.init = os.getpid() == 1       # pid 1 of the partition: every orphan is ours to reap
+        # a child's exit (the command, an orphan to reap as pid 1) wakes the loop: no polling
+        self.sigchld_fd = signal_wakeup.install((signal.SIGCHLD,))
         self.hypercall_seq = 0
         self.net = None               # worker/guest/net_adapter.NetAdapters when it has adapters
         self.saving = False                # the worker asked for a save: quiesce, then answer
@@ -213,6 +217,7 @@ class Guest:
     def run(self) -> int:
         sel = self.sel
         sel.register(self.link.sock, selectors.EVENT_READ, "link")
+        sel.register(self.sigchld_fd, selectors.EVENT_READ, "sigchld")
         out = self.program.command.stdout if self.program.command else None
         if out is not None:
             os.set_blocking(out.fileno(), False)
@@ -222,11 +227,16 @@ class Guest:
             now = time.monotonic()
             if housekeeping or now >= wake:
                 self.services.tick(now)  # heartbeats, device programs, a drain of every channel
-                wake = min(now + 0.25, self.services.next_deadline())
+                wake = min(now + IDLE_WAIT, self.services.next_deadline())
                 if self.console_in is not None:
                     self.console_in.flush()
-                if self.saving and not self.saved and self._save_ready():
-                    self.finish_save()
+                    if self.console_in.buf:
+                        wake = min(wake, now + BUSY_WAIT)
+                if self.saving and not self.saved:
+                    if self._save_ready():
+                        self.finish_save()
+                    else:
+                        wake = min(wake, now + BUSY_WAIT)
                 if self.memory is not None and not self.saving:
                     self.memory.step(now)
                     wake = now if self.memory.busy() else min(wake, self.memory.next_deadline())
@@ -236,6 +246,8 @@ class Guest:
                     housekeeping = True
                     for msg in self.link.receive():
                         self.handle(msg)
+                elif key.data == "sigchld":
+                    signal_wakeup.received(key.fd)
                 elif callable(key.data):
                     key.data()  # a VMBus channel's doorbell
                     housekeeping = housekeeping or not getattr(key.data, "fast_path", False)

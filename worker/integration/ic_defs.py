@@ -31,7 +31,12 @@ IC_VERSION = 0x00030000          # major 3, minor 0 (major << 16 | minor)
 IC_RING_SIZE = 16 * 1024
 KVP_RING_SIZE = 256 * 1024
 
-HEARTBEAT_INTERVAL = 0.5
+# Hyper-V's heartbeat cadence (Msvm_HeartbeatComponentSettingData defaults): a beat every
+# Interval, LostCommunication after ErrorThreshold missed beats plus Latency, i.e. 5 s of silence.
+HEARTBEAT_INTERVAL = 2.0         # Interval = 2000 ms
+HEARTBEAT_ERROR_THRESHOLD = 2    # ErrorThreshold = 2
+HEARTBEAT_LATENCY = 1.0          # Latency = 1000 ms
+HEARTBEAT_LOST_AFTER = HEARTBEAT_ERROR_THRESHOLD * HEARTBEAT_INTERVAL + HEARTBEAT_LATENCY
 TIMESYNC_INTERVAL = 5.0
 
 # Key-value exchange limits (Hyper-V: 512-byte keys, 2048-byte values)

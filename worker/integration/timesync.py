@@ -21,10 +21,15 @@ class TimeSyncService(IntegrationService):
         self.tick(time.monotonic())
 
     def tick(self, now: float) -> None:
-        if self.is_open and now >= self.next_sample and not self.tx.in_flight():
+        if self.is_open and now >= self.next_sample:
             self.next_sample = now + TIMESYNC_INTERVAL
+            if self.tx.in_flight():
+                return   # the last sample is still unanswered: try again an interval later
             sent = time.time()
             self.request("sample", {"host_time": sent}, lambda ok, body: self._answer(ok, body, sent))
+
+    def next_deadline(self) -> float:
+        return self.next_sample if self.is_open else float("inf")
 
     def resync(self) -> None:
         """After a pause the guest's view of time may be stale: sample at the next tick."""

@@ -76,6 +76,10 @@ class HostService:
 
     def tick(self, now: float) -> None: ...
 
+    def next_deadline(self) -> float:
+        """When tick() next has work (monotonic seconds); inf for none."""
+        return float("inf")
+
 
 @dataclass
 class DriverLink:
@@ -453,6 +457,15 @@ class HostBus:
                 if ch is not None:
                     self._service_readable(service, ch.channel_id)  # bounds a lost wake-up
             service.tick(now)
+
+    def next_deadline(self, now: float) -> float:
+        """When tick() next has work: a driver host to reconnect to, a service's timer."""
+        due = min((s.next_deadline() for s in self.services.values()), default=float("inf"))
+        for link in self.drivers.values():
+            if link.sock is None and not link.failed and \
+                    any(d.driver == link.name for d in self.devices.values()):
+                due = min(due, max(now, link.next_try))
+        return due
 
     def guest_gone(self) -> None:
         """The guest exited or is being replaced: every channel ends; a new guest starts over."""
