@@ -35,6 +35,12 @@ which can only be measurement noise, is forgiven.
 Throttled time = wall time stopped by the scheduler × Count (VP-seconds denied), not counting
 time paused. A pause noticed while throttled ends the throttle at the next tick.
 
+Quiet host (issue 16): when every partition is idle — none wanting, throttled, capped or
+reserved — `TickResult.quiet` says so, and the shell may tick less often than every period (the
+hypervisor daemon: QUIET_TICK). A partition that starts to burn is then seen at that later tick:
+its overrun becomes debt (at most one period of its VPs) and it is wanting, so ticks are
+per-period again from then on; the only cost is that first unmeasured stretch.
+
 Performance: `tick()` is O(n) in partitions; a rate recomputation is O(n log n) (a sort for the
 water-filling) and happens at most once per period plus once per demand change. The shell is
 woken only when a running, capped partition can first exhaust its budget (remaining / Count:
@@ -73,6 +79,8 @@ class TickResult:
     stop: frozenset[str]    # SIGSTOP now (running -> stopped)
     cont: frozenset[str]    # SIGCONT now (stopped -> running)
     next_wakeup: float      # call tick() again at this time (the caller's clock)
+    quiet: bool = False     # nothing to enforce within a period: every partition idle (not
+                            # wanting, not held), none capped or reserved; see `tick()`
 
 
 @dataclass(frozen=True)
@@ -340,7 +348,7 @@ class CpuScheduler:
             self._retarget(now)
             end, mark = self._end, self._mark
 
-        stop, cont, wake = set(), set(), end
+        stop, cont, wake, quiet = set(), set(), end, True
         for pid, p in parts.items():
             settings = p.settings
             count = settings.count
@@ -368,7 +376,10 @@ class CpuScheduler:
                 t = now + remaining / count
                 if t < wake:
                     wake = t
-        return TickResult(frozenset(stop), frozenset(cont), max(wake, now + self.min_tick))
+            if quiet and not paused and (throttle or p.wanting or settings.maximum < 100
+                                         or settings.reserve > 0):
+                quiet = False
+        return TickResult(frozenset(stop), frozenset(cont), max(wake, now + self.min_tick), quiet)
 
     # -- queries ---------------------------------------------------------------------------
     def is_stopped(self, pid: str) -> bool:

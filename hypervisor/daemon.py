@@ -42,6 +42,7 @@ from hypervisor.runtime.rpc_server import RpcServer, bind_router
 DEFAULT_ROOT_RESERVE = 512 * 1024 * 1024
 BALANCE_INTERVAL = 0.1
 MIN_TICK = 0.004  # s; a budget may overrun by up to this × Count (repaid as debt)
+QUIET_TICK = 1.0  # s between measurements while every partition idles (TickResult.quiet)
 
 
 def _wait_stopped(pids: list[int], timeout: float) -> None:
@@ -90,6 +91,7 @@ class Hypervisor:
         self._outside = 0.0
         self._next_rescan = 0.0
         self._next_balance = 0.0
+        self._wakeup = 0.0       # the next scheduler tick (monotonic); set by _tick and by changes
         self.history = LedgerHistory()   # get-ledger-history: the ledgers over the last 15 min
         self._next_history = 0.0
         self.isolation = isolation.load(home.run_dir)
@@ -117,6 +119,7 @@ class Hypervisor:
                 # a monolithic hypervisor's drivers can reach every guest's memory
                 self._ram_maps[part.id] = mmap.mmap(part.memory.fileno(), map_size, mmap.MAP_SHARED)
             self.cpu.add(part.id, processor, time.monotonic())
+            self._wakeup = 0.0   # tick now: a quiet host's long tick must not hide a new partition
         except BaseException:
             self._unmap(part.id)
             self.memory.release(part.id)
@@ -215,6 +218,7 @@ class Hypervisor:
     def set_processor(self, part: Partition, processor: ProcessorSettings) -> dict:
         processor.validate(self.host_cpus)
         self.cpu.update(part.id, processor)
+        self._wakeup = 0.0       # a new cap or reserve is enforced from the next turn of the loop
         return {}
 
     def set_memory(self, part: Partition, memory: MemorySettings) -> dict:
@@ -324,7 +328,8 @@ class Hypervisor:
             process_tree.signal_pids(self._members(pid), signal.SIGSTOP)
         for pid in result.cont:
             process_tree.continue_pids(self._members(pid))
-        return result.next_wakeup
+        self._wakeup = max(result.next_wakeup, now + QUIET_TICK) if result.quiet else result.next_wakeup
+        return self._wakeup
 
     def _balance(self, now: float) -> None:
         self._apply_assignments(self.memory.balance(now))
@@ -350,10 +355,13 @@ class Hypervisor:
         server = RpcServer(router, {name: (lambda req, h=h.handler: h(self, req))
                                     for name, h in HYPERCALLS.items()},
                            self.log, authorize=lambda req: authorize(self, req))
-        next_wakeup = time.monotonic()
         period = self.cpu.period
         try:
             while self.running:
+                next_wakeup = self._wakeup
+                if self.memory.has_dynamic() or self.cgroups.pending:
+                    next_wakeup = min(next_wakeup, self._next_balance)
+                next_wakeup = min(next_wakeup, self._next_history)
                 timeout = max(0.0, next_wakeup - time.monotonic())
                 for sock, _ in self.poller.poll(int(timeout * 1000) + (1 if timeout else 0)):
                     if sock is router:
@@ -366,19 +374,19 @@ class Hypervisor:
                     else:
                         self._on_pidfd(sock)
                 now = time.monotonic()
-                if now >= next_wakeup:
+                if now >= self._wakeup:
                     rescan = now >= self._next_rescan
                     if rescan:
                         self._next_rescan = now + period
-                    next_wakeup = self._tick(now, rescan)
+                    self._tick(now, rescan)
                     if not len(self.partitions):
-                        next_wakeup = now + 1.0
+                        self._wakeup = now + QUIET_TICK
                 if now >= self._next_balance:
                     self._next_balance = now + BALANCE_INTERVAL
-                    self._balance(now)
+                    if self.memory.has_dynamic():   # static partitions keep Startup: nothing to do
+                        self._balance(now)
                     if self.cgroups.pending:
                         self.cgroups.sweep()
-                    next_wakeup = min(next_wakeup, self._next_balance)
                 if now >= self._next_history:
                     self._next_history = now + self.history.interval
                     self.record_history()

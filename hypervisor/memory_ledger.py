@@ -206,6 +206,10 @@ class MemoryLedger:
             return s.startup
         return _clamp(_round_up(-(-p.demand * (100 + s.buffer) // 100)), s.minimum, s.maximum)
 
+    def has_dynamic(self) -> bool:
+        """Any partition with Dynamic Memory (only those are ever rebalanced)."""
+        return any(p.settings.dynamic for p in self._parts.values())
+
     def balance(self, now: float) -> dict[str, int]:
         """Rebalance dynamic partitions and return {pid: new assigned} for those that changed.
 

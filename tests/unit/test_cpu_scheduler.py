@@ -479,3 +479,21 @@ def test_stats_without_periods_is_the_same_ledger():
     full, brief = sched.stats("a"), sched.stats("a", periods=False)
     assert "periods" not in brief and len(full["periods"]) == 5
     assert {k: v for k, v in full.items() if k != "periods"} == brief
+
+
+def test_quiet_only_when_every_partition_idles_uncapped():
+    """`quiet` lets the shell tick rarely (issue 16): only idle, uncapped, unreserved partitions."""
+    host = FakeHost(2)
+    host.add("a", ProcessorSettings(), demand=0.0)
+    host.add("b", ProcessorSettings(), demand=0.0)
+    host.run(1.0)
+    assert host.step().quiet
+    host.sched.update("b", ProcessorSettings(maximum=50))
+    assert not host.step().quiet                       # a cap is enforced every period
+    host.sched.update("b", ProcessorSettings())
+    host.run(0.5)
+    assert host.step().quiet
+    busy = FakeHost(2)
+    busy.add("a", ProcessorSettings(), demand=1.0)
+    busy.run(1.0)
+    assert not busy.step().quiet                       # a busy partition is wanting
