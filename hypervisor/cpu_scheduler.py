@@ -154,13 +154,13 @@ class _Partition:
     def unlimited(self) -> bool:
         return self.rate >= self.count - _EPS
 
-    def want(self) -> float:
+    def want(self, headroom: bool = True) -> float:
         limit = self.settings.cap_cpus
         if self.wanting:
             return limit
         recent = max((c / ln for ln, _, c, _ in islice(reversed(self.history), DEMAND_WINDOW)
                       if ln > 0), default=0.0)
-        return min(limit, recent * IDLE_MARGIN + IDLE_HEADROOM * self.count)
+        return min(limit, recent * IDLE_MARGIN + (IDLE_HEADROOM * self.count if headroom else 0.0))
 
 
 class CpuScheduler:
@@ -262,7 +262,10 @@ class CpuScheduler:
                                p.settings.relative_weight)
                    for pid, p in self._parts.items() if not p.paused}
         rates = allocate(float(self.host_cpus), demands)
-        if self.outside_load > 0 and sum(d.want for d in demands.values()) > self.host_cpus:
+        # Contended means partitions really want more than the host has: the idle headroom
+        # does not count (200 idle VMs hold 10 CPUs of headroom on a 2-CPU host; issue 16).
+        if self.outside_load > 0 and sum(p.want(headroom=False) for p in self._parts.values()
+                                         if not p.paused) > self.host_cpus:
             # Contended, and part of the host is busy outside the partitions, where SIGSTOP
             # cannot reach: scale entitlements to what is really left, so the split between
             # partitions keeps its proportions (reserves are never scaled below themselves).

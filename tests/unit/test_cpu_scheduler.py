@@ -497,3 +497,20 @@ def test_quiet_only_when_every_partition_idles_uncapped():
     busy.add("a", ProcessorSettings(), demand=1.0)
     busy.run(1.0)
     assert not busy.step().quiet                       # a busy partition is wanting
+
+
+def test_idle_headroom_is_not_contention_for_outside_load_scaling():
+    """200 idle partitions hold 10 CPUs of idle headroom on a 2-CPU host; load outside the
+    partitions must not shrink their entitlements as if they were contended (issue 16)."""
+    def budgets(outside: float) -> float:
+        sched = CpuScheduler(2, period=PERIOD, min_tick=0.004)
+        for i in range(200):
+            sched.add(f"p{i}", ProcessorSettings(), 0.0)
+        t = 0.0
+        for _ in range(5):
+            t += PERIOD
+            sched.tick(t, {f"p{i}": 0.0 for i in range(200)})
+        sched.set_outside_load(outside)
+        sched.tick(t + PERIOD, {f"p{i}": 0.0 for i in range(200)})
+        return sched.budget("p0")
+    assert budgets(1.8) == pytest.approx(budgets(0.0))
