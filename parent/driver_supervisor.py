@@ -337,6 +337,11 @@ class DriverSupervisor:
         for callback, _ in waiters:
             callback(err)
 
+    def timers_pending(self) -> bool:
+        """A restart, a ready deadline or a waiter that tick() must look at soon."""
+        return any(drv.state == DriverState.RESTARTING or drv.ready_deadline is not None or drv.waiters
+                   for drv in self.drivers.values())
+
     def tick(self, now: float) -> None:
         for drv in self.drivers.values():
             if drv.state == DriverState.RESTARTING and drv.host is None and drv.next_start is not None \

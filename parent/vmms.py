@@ -508,14 +508,19 @@ class Vmms:
         next_expire = 0.0
         try:
             while self.running:
-                for sock, _ in self.poller.poll(100):
+                wait = max(0.0, next_expire - time.monotonic())
+                events = self.poller.poll(int(wait * 1000) + (1 if wait else 0))
+                for sock, _ in events:
                     try:
                         self.dispatch(sock, rfd)
                     except Exception:  # one bad event must never take the daemon down
                         self.log.exception("loop_event_failed")
                 now = time.monotonic()
+                if events and next_expire > now + self.HOUSEKEEPING_BUSY and self.timers_pending():
+                    next_expire = now + self.HOUSEKEEPING_BUSY   # an event set a deadline
                 if now >= next_expire:
-                    next_expire = now + 0.1
+                    next_expire = now + (self.HOUSEKEEPING_BUSY if self.timers_pending()
+                                         else self.HOUSEKEEPING_IDLE)
                     try:
                         self.expire_waiters()
                         self.hv.expire(now)
@@ -525,6 +530,17 @@ class Vmms:
                         self.log.exception("loop_timer_failed")
         finally:
             self.close()
+
+    HOUSEKEEPING_BUSY = 0.1   # s between timer checks while a deadline is pending
+    HOUSEKEEPING_IDLE = 1.0   # s between them when nothing waits (issue 16: an idle host sleeps)
+
+    def timers_pending(self) -> bool:
+        """Anything with a deadline the housekeeping turn enforces: a call to the hypervisor or a
+        worker, a start or stop waiter, a driver restarting or waited for."""
+        if self.hv.pending or self.drivers.timers_pending():
+            return True
+        return any(rec.start_waiters or rec.exit_waiters or (rec.worker is not None and rec.worker.pending)
+                   for rec in self.vms.values())
 
     def dispatch(self, sock, rfd) -> None:
         """One readable socket or fd of the loop."""

@@ -20,7 +20,7 @@ import setproctitle
 
 from hypervisor import hypercall_defs as hc
 from hypervisor.runtime import sandbox as sandbox_calls
-from hypervisor.runtime import signal_wakeup
+from hypervisor.runtime import process_tree, signal_wakeup
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile, read_pid
@@ -228,7 +228,6 @@ class Worker:
                 self._freeze(False)
             except HvError as err:
                 self.log.info("thaw_failed", error=err.message)
-        from hypervisor.runtime import process_tree
         members = process_tree.tree(self.guest_pid)
         process_tree.signal_pids(members, signal.SIGKILL)
         process_tree.continue_pids(members)

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import structlog
 
+# at module top, not in configure(): a worker forked from the fork-server then finds them
+# loaded (a module imported after fork is private memory in every worker; issue 16)
+from hypervisor.runtime.limits import DAEMON_LOG_BYTES, DAEMON_LOG_FILES
+from hypervisor.runtime.log_rotation import RotatingFile
+
 
 def configure(logs_dir: Path, name: str) -> structlog.stdlib.BoundLogger:
     logs_dir.mkdir(parents=True, exist_ok=True)
-    from hypervisor.runtime.limits import DAEMON_LOG_BYTES, DAEMON_LOG_FILES
-    from hypervisor.runtime.log_rotation import RotatingFile
     stream = _LineFlushed(RotatingFile(logs_dir / f"{name}.log", DAEMON_LOG_BYTES, DAEMON_LOG_FILES))
     structlog.configure(
         processors=[
