@@ -300,9 +300,13 @@ class CpuScheduler:
             # Entitled to nothing (just resumed, Maximum 0, starved) also counts as wanting.
             # Runnable but starved by the host (run-queue wait) is wanting too: without it a
             # partition crowded out by load outside the partitions looks idle and loses its share.
+            # Starved counts only if running the time it waited would have reached its
+            # entitlement: an idle guest that waits on a busy host's run queue at each of its
+            # rare wake-ups is not asking for more (issue 16: 200 idle VMs on a loaded host).
             p.wanting = not p.paused and (p.was_throttled or
                                           p.consumed >= WANT_FRACTION * entitled - _EPS or
-                                          p.waited > STARVED_FRACTION * (t - self._start) > 0)
+                                          (p.waited > STARVED_FRACTION * (t - self._start) > 0 and
+                                           p.consumed + p.waited >= WANT_FRACTION * entitled - _EPS))
             p.acc = p.consumed = p.throttled = p.waited = 0.0
             p.was_throttled = p.throttled_since is not None
         if late:

@@ -103,6 +103,7 @@ class Worker:
         self.save_request = None           # (req, deadline, path) while the guest quiesces
         self.frozen = False                # the partition is suspended (SIGSTOP + freezer)
         self.memory_path: str | None = None
+        self.tick_due = 0.0                # when the loop next runs the devices' tick
 
     # --- status -----------------------------------------------------------------------------
     def status(self) -> dict:
@@ -152,6 +153,9 @@ class Worker:
         due = now + IDLE_WAIT
         if self.heartbeat == "OkApplicationsUnknown" and self.last_beat is not None:
             due = min(due, self.last_beat + HEARTBEAT_LOST_AFTER + 0.001)
+        # the devices' tick (timers, and a drain of every channel that bounds a lost wake-up)
+        # runs when one of their timers is due or before the heartbeat could be called lost
+        self.tick_due = min(due, self.services.next_deadline(now)) if self.services is not None else due
         if self.stop_request is not None:
             due = min(due, self.stop_request[1])
         if self.save_request is not None:
@@ -623,8 +627,10 @@ class Worker:
                     self.services.fds[sock]()  # channels, driver hosts, COM ports
             if self.done:
                 break
+            now = time.monotonic()
+            if now >= self.tick_due:
+                self.services.tick(now)
             self._update_heartbeat()
-            self.services.tick(time.monotonic())
             self.check_stop_deadline()
             self.check_save_deadline()
             if self.state in (VmState.Starting, VmState.Reset) and time.monotonic() > self.boot_deadline:
