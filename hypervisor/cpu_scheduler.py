@@ -71,6 +71,7 @@ STARVED_FRACTION = 0.1   # run-queue wait >= 10 % of a period: starved, so wanti
 IDLE_MARGIN = 1.25      # an idle partition wants its recent use times this ...
 IDLE_HEADROOM = 0.05    # ... plus this many CPUs per VP, so a wake-up is not stopped at once
 DEMAND_WINDOW = 3       # periods of history behind the idle estimate
+IDLE_BURST = 0.01       # CPU-s per VP an uncapped partition may overrun when uncontended
 _EPS = 1e-9             # CPU-seconds; float noise, not time
 
 
@@ -184,6 +185,7 @@ class CpuScheduler:
         self._mark = 0.0                    # rates have been integrated into `acc` up to here
         self._now = float("-inf")
         self._dirty = False                 # demand changed: recompute rates at the next tick
+        self._contended = False             # partitions' real demand (no headroom) > host CPUs
 
     # -- admission -------------------------------------------------------------------------
     def _reserved(self, exclude: str | None = None) -> float:
@@ -264,8 +266,9 @@ class CpuScheduler:
         rates = allocate(float(self.host_cpus), demands)
         # Contended means partitions really want more than the host has: the idle headroom
         # does not count (200 idle VMs hold 10 CPUs of headroom on a 2-CPU host; issue 16).
-        if self.outside_load > 0 and sum(p.want(headroom=False) for p in self._parts.values()
-                                         if not p.paused) > self.host_cpus:
+        self._contended = sum(p.want(headroom=False) for p in self._parts.values()
+                              if not p.paused) > self.host_cpus
+        if self.outside_load > 0 and self._contended:
             # Contended, and part of the host is busy outside the partitions, where SIGSTOP
             # cannot reach: scale entitlements to what is really left, so the split between
             # partitions keeps its proportions (reserves are never scaled below themselves).
@@ -356,13 +359,20 @@ class CpuScheduler:
             end, mark = self._end, self._mark
 
         stop, cont, wake, quiet = set(), set(), end, True
+        contended = self._contended
         for pid, p in parts.items():
             settings = p.settings
             count = settings.count
             remaining = p.acc + p.rate * (end - mark) - p.debt - p.consumed
             limited = p.rate < count - _EPS
             paused = p.paused
-            throttle = not paused and limited and remaining <= _EPS
+            # Uncontended, a partition held only by its share (no cap, no reserve: the rest of
+            # the host is free) may burst IDLE_BURST per VP past it, still counted as debt: an
+            # idle guest's wake-up must not be stopped and continued (issue 16: 200 idle VMs
+            # get 0.01 CPU each, less than one heartbeat of a Python guest in a 100 ms period).
+            slack = IDLE_BURST * count if not contended and settings.maximum >= 100 \
+                and settings.reserve <= 0 else 0.0
+            throttle = not paused and limited and remaining <= _EPS - slack
             halt = paused or throttle
             if halt != p.stopped:
                 (stop if halt else cont).add(pid)
@@ -380,7 +390,7 @@ class CpuScheduler:
             # (at most one period's worth), which saves the shell most wake-ups on a busy host.
             if not halt and limited and (p.wanting or settings.maximum < 100
                                          or settings.reserve > 0):
-                t = now + remaining / count
+                t = now + (remaining + slack) / count
                 if t < wake:
                     wake = t
             if quiet and not paused and (throttle or p.wanting or settings.maximum < 100

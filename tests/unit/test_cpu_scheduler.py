@@ -514,3 +514,24 @@ def test_idle_headroom_is_not_contention_for_outside_load_scaling():
         sched.tick(t + PERIOD, {f"p{i}": 0.0 for i in range(200)})
         return sched.budget("p0")
     assert budgets(1.8) == pytest.approx(budgets(0.0))
+
+
+def test_idle_bursts_on_an_uncontended_host_are_not_stopped():
+    """200 idle partitions on 2 CPUs are entitled to 0.01 CPU each; a wake-up of a few ms must
+    not stop one while the host has room (issue 16), but a capped one is still held."""
+    sched = CpuScheduler(2, period=PERIOD, min_tick=0.004)
+    names = [f"p{i}" for i in range(200)]
+    for n in names:
+        sched.add(n, ProcessorSettings(), 0.0)
+    sched.add("capped", ProcessorSettings(maximum=1), 0.0)
+    used = dict.fromkeys(names + ["capped"], 0.0)
+    t = 0.0
+    for _ in range(5):
+        t += PERIOD
+        sched.tick(t, used)
+    used["p0"] += 0.004          # a 4 ms wake-up, well above 0.01 CPU × 0.1 s
+    used["capped"] += 0.004      # above its 1 % cap: held
+    result = sched.tick(t + PERIOD / 2, used)
+    assert "p0" not in result.stop
+    assert "capped" in result.stop
+    assert result.next_wakeup >= t + PERIOD / 2 + 0.004
