@@ -72,6 +72,7 @@ IDLE_MARGIN = 1.25      # an idle partition wants its recent use times this ...
 IDLE_HEADROOM = 0.05    # ... plus this many CPUs per VP, so a wake-up is not stopped at once
 DEMAND_WINDOW = 3       # periods of history behind the idle estimate
 IDLE_BURST = 0.01       # CPU-s per VP an uncapped partition may overrun when uncontended
+CONTENDED_FRACTION = 0.9  # partitions' use + outside load >= this × host CPUs: contended
 _EPS = 1e-9             # CPU-seconds; float noise, not time
 
 
@@ -266,9 +267,15 @@ class CpuScheduler:
         rates = allocate(float(self.host_cpus), demands)
         # Contended means partitions really want more than the host has: the idle headroom
         # does not count (200 idle VMs hold 10 CPUs of headroom on a 2-CPU host; issue 16).
-        self._contended = sum(p.want(headroom=False) for p in self._parts.values()
-                              if not p.paused) > self.host_cpus
-        if self.outside_load > 0 and self._contended:
+        # Contended for the idle burst (see tick()): the partitions' measured use in the last
+        # period plus the load outside them fills the host. Measured, not wanted: a partition
+        # throttled in the last period wants everything, and 200 of them would otherwise keep
+        # one another "contended" for ever.
+        used = sum(p.history[-1][2] / p.history[-1][0] for p in self._parts.values()
+                   if p.history and p.history[-1][0] > 0)
+        self._contended = used + self.outside_load >= CONTENDED_FRACTION * self.host_cpus
+        if self.outside_load > 0 and sum(p.want(headroom=False) for p in self._parts.values()
+                                         if not p.paused) > self.host_cpus:
             # Contended, and part of the host is busy outside the partitions, where SIGSTOP
             # cannot reach: scale entitlements to what is really left, so the split between
             # partitions keeps its proportions (reserves are never scaled below themselves).
@@ -299,7 +306,14 @@ class CpuScheduler:
             # the partition's doing but the shell's (a late or hung tick: a loaded host, a
             # SIGSTOPped hypervisor), and repaying it would hold the partition stopped for
             # seconds once the shell runs again (issue 9: the memory-step stall under load).
-            p.debt = min(max(0.0, p.debt + p.consumed - entitled), p.settings.count * self.period)
+            # ... and by one period of its own rate (at least IDLE_BURST per VP): an idle guest
+            # entitled to 0.01 CPU that overran by a tick while booting would otherwise be held
+            # stopped for ten seconds, and lose its heartbeat (issue 16: 200 VMs starting).
+            cap = min(p.settings.count * self.period,
+                      max(p.rate * self.period, IDLE_BURST * p.settings.count))
+            p.debt = min(max(0.0, p.debt + p.consumed - entitled), cap)
+            if not self._contended and p.settings.maximum >= 100 and p.settings.reserve <= 0:
+                p.debt = 0.0   # a share's debt only matters while others wait for the CPU
             # Entitled to nothing (just resumed, Maximum 0, starved) also counts as wanting.
             # Runnable but starved by the host (run-queue wait) is wanting too: without it a
             # partition crowded out by load outside the partitions looks idle and loses its share.
