@@ -32,6 +32,7 @@ from worker.vm_state import VmState, begin, result
 from worker.worker_defs import NOTIFY_STATUS, STATUS_KEYS, STOP_TIMEOUT_DEFAULT, bind_worker_ops
 
 SAVE_QUIESCE_TIMEOUT = 10.0
+TRANSITION_TICK = 0.25   # s; the devices' tick while the VM starts, stops or saves
 IDLE_WAIT = 30.0          # s; the longest the loop sleeps when nothing is due (every wait bounded)
 BOOT_DEADLINE = 30.0
 RELAY_PER_SECOND = 50     # child-partition hypercalls a guest may send per second (it reports every 0.5 s)
@@ -156,6 +157,10 @@ class Worker:
         # the devices' tick (timers, and a drain of every channel that bounds a lost wake-up)
         # runs when one of their timers is due or before the heartbeat could be called lost
         self.tick_due = min(due, self.services.next_deadline(now)) if self.services is not None else due
+        if self.state in (VmState.Starting, VmState.Reset, VmState.Stopping) \
+                or self.save_request is not None:
+            # a transition in flight: a lost doorbell must not stall it (bounded as before)
+            self.tick_due = min(self.tick_due, now + TRANSITION_TICK)
         if self.stop_request is not None:
             due = min(due, self.stop_request[1])
         if self.save_request is not None:
@@ -164,7 +169,7 @@ class Worker:
             due = min(due, self.boot_deadline + 0.001)
         if self.services is not None:
             due = min(due, self.services.next_deadline(now))
-        return due
+        return min(due, self.tick_due)
 
     # --- partition and guest --------------------------------------------------------------
     def boot(self, guest_pid: int, link: guest_link.GuestLink) -> None:
