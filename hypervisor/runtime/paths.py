@@ -7,7 +7,6 @@ endpoint is checked here and a too-long home fails with a message that says so.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from hypervisor.runtime.errors import HvError
@@ -23,9 +22,34 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("hvemu"))
 
 
-@dataclass(frozen=True)
 class Home:
-    root: Path
+    """One host's home, `root` its folder. Immutable, compared and hashed by `root`. Written
+    out rather than a frozen dataclass: `dataclasses` imports `inspect` (and `ast`, `dis`,
+    `tokenize`), which would be most of what hvctl's start-up spends beyond pyzmq and msgpack
+    (issue 16)."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path):
+        object.__setattr__(self, "root", root)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Home is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Home is immutable (cannot delete {name!r})")
+
+    def __eq__(self, other):
+        return other.__class__ is self.__class__ and other.root == self.root
+
+    def __hash__(self):
+        return hash((self.root,))
+
+    def __repr__(self):
+        return f"Home(root={self.root!r})"
+
+    def __reduce__(self):
+        return (Home, (self.root,))
 
     @classmethod
     def resolve(cls, home: str | os.PathLike | None = None) -> "Home":

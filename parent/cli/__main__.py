@@ -1,3 +1,3 @@
-from parent.cli.main import main
+from parent.cli.launch import main
 
 main()

@@ -1,5 +1,12 @@
-"""hvctl's entry point: global options (`--home`, `--json`) may stand anywhere on the line,
-errors map to CLI.md's exit codes, and heavy imports wait until a command needs them.
+"""hvctl's click command tree: global options (`--home`, `--json`) may stand anywhere on the
+line, errors map to CLI.md's exit codes, and heavy imports wait until a command needs them.
+The console script enters at parent/cli/launch.py, which answers `get-vm` itself and hands every
+other line to `main` here.
+
+Commands load lazily (issue 16: start-up is hvctl's cost): `COMMAND_MODULES` says which module
+registers each command, and `HvGroup.get_command` imports only the one the line names; help,
+suggestions, shell completion and the reference load them all (`register_commands`).
+tests/unit/test_cli_startup.py checks the table against what the modules register.
 
 `HvGroup` answers the way PowerShell does: command and option names are case-insensitive
 (`Get-VM`, `get-vm --Minimum-Bytes`), an unknown command gets a suggestion, and an error from
@@ -10,53 +17,47 @@ one-sentence answer for every contract command this build lacks (parent/build_fe
 """
 from __future__ import annotations
 
-import difflib
-import re
+import importlib
+import os
 import sys
 
 import click
 
 from hypervisor.runtime.errors import HvError
+from parent.cli import vm_selection
+from parent.cli.launch import Globals, UsageError, reword, split_globals  # noqa: F401  (tests)
 from parent.cli.output import EXIT_USAGE, exit_code, print_error
 
+# module → the commands it registers on `cli` (a command in two modules: `host`, whose `serve`
+# monitor_commands adds). A new command module or command: add it here (the test says so).
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "parent.cli.vm_commands": ("new-vm", "get-vm", "start-vm", "stop-vm", "suspend-vm",
+                               "resume-vm", "restart-vm", "remove-vm", "set-vm",
+                               "get-vmworkerprocess"),
+    "parent.cli.host_commands": ("host", "get-vmhost", "events"),
+    "parent.cli.resource_commands": ("get-vmprocessor", "set-vmprocessor", "get-vmmemory",
+                                     "set-vmmemory", "measure-vm"),
+    "parent.cli.disk_commands": ("new-vhd", "get-vhd", "add-vmharddiskdrive",
+                                 "get-vmharddiskdrive", "remove-vmharddiskdrive"),
+    "parent.cli.driver_commands": ("get-vmhostdriver", "restart-vmhostdriver", "add-vmdevice",
+                                   "get-vmdevice", "remove-vmdevice"),
+    "parent.cli.integration_commands": ("get-vmintegrationservice", "enable-vmintegrationservice",
+                                        "disable-vmintegrationservice", "get-vmkvp", "set-vmkvp",
+                                        "remove-vmkvp", "set-vmcomport", "get-vmcomport"),
+    "parent.cli.monitor_commands": ("top", "web", "get-vmhistory", "completion", "host"),
+    "parent.cli.network_commands": ("new-vmswitch", "get-vmswitch", "remove-vmswitch",
+                                    "add-vmnetworkadapter", "connect-vmnetworkadapter",
+                                    "disconnect-vmnetworkadapter", "remove-vmnetworkadapter",
+                                    "get-vmnetworkadapter", "set-vmnetworkadapter",
+                                    "set-vmnetworkadaptervlan"),
+    "parent.cli.saved_state_commands": ("save-vm", "remove-vmsavedstate", "checkpoint-vm",
+                                        "get-vmsnapshot", "restore-vmsnapshot",
+                                        "remove-vmsnapshot", "merge-vhd"),
+}
 
-class Globals:
-    def __init__(self, home: str | None, as_json: bool):
-        self.home = home
-        self.json = as_json
-        self._client = None
-        self.command: click.Command | None = None   # the command being run (error wording)
-        self.exit_status = 0
 
-    @property
-    def client(self):
-        if self._client is None:
-            from parent.client import Client
-            self._client = Client(self.home)
-        return self._client
-
-
-def split_globals(argv: list[str]) -> tuple[list[str], str | None, bool]:
-    """Pull `--json` and `--home PATH` out of argv wherever they stand (before `--`)."""
-    rest, home, as_json, i = [], None, False, 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            rest.extend(argv[i:])
-            break
-        if arg == "--json":
-            as_json = True
-        elif arg == "--home":
-            if i + 1 >= len(argv):
-                raise click.UsageError("--home needs a PATH")
-            home = argv[i + 1]
-            i += 1
-        elif arg.startswith("--home="):
-            home = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-        i += 1
-    return rest, home, as_json
+def modules_for(name: str) -> list[str]:
+    return [module for module, names in COMMAND_MODULES.items() if name in names]
 
 
 class HvGroup(click.Group):
@@ -64,10 +65,21 @@ class HvGroup(click.Group):
 
     group_class = type   # subgroups (`host`) answer the same way
 
+    def get_command(self, ctx, cmd_name):
+        if self is cli and cmd_name not in self.commands:
+            load_command(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        if self is cli:
+            register_commands()
+        return super().list_commands(ctx)
+
     def resolve_command(self, ctx, args):
         typed = args[0] if args else ""
         cmd = self.get_command(ctx, typed) or self.get_command(ctx, typed.lower())
         if cmd is None and not typed.startswith("-"):
+            import difflib   # only for a command that does not exist
             close = difflib.get_close_matches(typed.lower(), self.list_commands(ctx), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else " (hvctl --help lists them)"
             ctx.fail(f"No such command '{typed}'.{hint}")
@@ -101,18 +113,27 @@ def cli(ctx):
     """
 
 
-def register_commands() -> None:
-    from parent.cli import host_commands, resource_commands, vm_commands  # noqa: F401  (they attach to `cli`)
-    from parent.cli import disk_commands  # noqa: F401
-    from parent.cli import driver_commands, integration_commands  # noqa: F401
-    from parent.cli import monitor_commands  # noqa: F401  (top, web, get-vmhistory, completion, host serve)
-    from parent.cli import network_commands  # noqa: F401
-    from parent.cli import saved_state_commands  # noqa: F401
-    # (new command modules: import them above this line)
-    add_unavailable_commands()
-    from parent.cli import vm_selection
+def load_command(name: str) -> None:
+    """Import the module(s) registering command `name` (any case), give its VM arguments
+    several names and wildcards; a name no module lists loads them all (a command missing
+    from the table, a contract command this build lacks, or none: the suggestion needs all)."""
+    modules = modules_for(name.lower())
+    if not modules:
+        register_commands()
+        return
+    for module in modules:
+        importlib.import_module(module)   # by name: only the one this line runs (issue 16)
     vm_selection.apply(cli)
-    monitor_commands.attach_vm_completion(cli)   # after apply: it replaces some VM arguments
+
+
+def register_commands() -> None:
+    """Every command module, the one-sentence answers for contract commands this build lacks,
+    VM selection and VM-name completion: what help, completion and the reference need."""
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)   # they attach to `cli`
+    add_unavailable_commands()
+    vm_selection.apply(cli)
+    importlib.import_module("parent.cli.monitor_commands").attach_vm_completion(cli)   # after apply: it replaces some VM arguments
 
 
 def add_unavailable_commands() -> None:
@@ -132,9 +153,6 @@ def add_unavailable_commands() -> None:
         cli.add_command(cmd)
 
 
-ARG_RE = re.compile(r"\bargument '([A-Za-z_][A-Za-z0-9_]*)'")
-
-
 def option_words(cmd: click.Command | None) -> dict[str, str]:
     """Request argument name → how the user typed it: `minimum_bytes` → `--minimum-bytes`,
     `vm` → `NAME`."""
@@ -150,18 +168,18 @@ def option_words(cmd: click.Command | None) -> dict[str, str]:
 
 def as_typed(message: str, cmd: click.Command | None) -> str:
     """Re-word vmms's `argument 'x_y'` as the option the user typed (`--x-y`). Pure."""
-    words = option_words(cmd)
-    return ARG_RE.sub(lambda m: words.get(m[1], f"'{m[1]}'"), message)
+    return reword(message, option_words(cmd))
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         rest, home, as_json = split_globals(argv)
-    except click.UsageError as exc:
-        print(f"hvctl: {exc.message}", file=sys.stderr)
+    except UsageError as exc:
+        print(f"hvctl: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    register_commands()
+    if "_HVCTL_COMPLETE" in os.environ:
+        register_commands()   # completion offers every command (and strips the globals first)
     g = Globals(home, as_json)
     try:
         cli.main(args=rest, prog_name="hvctl", obj=g, standalone_mode=False)
@@ -177,7 +195,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     finally:
-        if g._client is not None:
-            g._client.close()
+        g.close()
     sys.exit(g.exit_status)
 

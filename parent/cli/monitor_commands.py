@@ -11,6 +11,7 @@ import sys
 import click
 
 from hypervisor.runtime.errors import HvError
+from parent.cli import host_commands  # noqa: F401  (the `host` group `serve` joins; commands load lazily)
 from parent.cli.main import cli
 from parent.cli.output import print_json, print_table
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 from datetime import datetime, timezone
 
@@ -87,6 +86,7 @@ def terminal_width() -> int | None:
     """The terminal's width when stdout is one; None (no limit) when piped."""
     if not sys.stdout.isatty():
         return None
+    import shutil   # here, not at the top: hvctl get-vm piped never needs it (issue 16)
     return shutil.get_terminal_size((120, 24)).columns
 
 

@@ -3,7 +3,7 @@ get-vmworkerprocess. Commands taking NAME… send every request at once (pipelin
 
 Lifecycle commands print the VMs as they are when the command returns (one get-vm after the
 operation, so MemoryAssigned and CPUUsage are the ledgers' figures, not a view from before
-they arrived); `--json` prints the same objects.
+they arrived); `--json` prints the same objects. What get-vm prints is parent/cli/vm_listing.py.
 """
 from __future__ import annotations
 
@@ -12,21 +12,10 @@ import click
 from hypervisor.runtime.errors import HvError
 from parent.build_features import DEFAULT_STOP_ACTION, SAVE_MISSING, SAVED_STATE, START_ACTIONS, STOP_ACTIONS
 from parent.cli.main import cli
-from parent.cli.output import format_uptime, print_error, print_json, print_object, print_table
+from parent.cli.output import print_error, print_json, print_object, print_table
 from parent.cli.param_types import SIZE, choice
+from parent.cli.vm_listing import GET_VM_COLUMNS, GET_VM_FORMATS, list_vms, show_vms
 from worker.guest.programs import spec_list
-
-GET_VM_COLUMNS = [("Name", "Name"), ("State", "State"), ("CPUUsage(%)", "CPUUsage"),
-                  ("MemoryAssigned(M)", "MemoryAssigned"), ("Uptime", "Uptime"), ("Status", "Status")]
-GET_VM_FORMATS = {"MemoryAssigned": lambda v: "?" if v is None else v // (1 << 20),  # None: unknown
-                  "Uptime": format_uptime}
-
-
-def show_vms(g, vms: list[dict]) -> None:
-    if g.json:
-        print_json(vms)
-    else:
-        print_table(GET_VM_COLUMNS, vms, GET_VM_FORMATS)
 
 
 def current(g, vms: list[dict]) -> list[dict]:
@@ -85,24 +74,7 @@ def new_vm(g, name, memory_startup_bytes, processor_count, guest):
 def get_vm(g, names):
     """List VMs: all, or the ones named (names, Ids or patterns like 'web*'). A name that is
     not found is reported and the others are still listed (exit 1)."""
-    if not names:
-        show_vms(g, g.client.call("get-vm"))
-        return
-    found, failed = [], []
-    for res in g.client.call_many([("get-vm", {"vms": [n]}) for n in names]):
-        if isinstance(res, HvError):
-            if res.code == "Unavailable":
-                raise res
-            failed.append(res)
-            print_error(res, as_json=False)
-        else:
-            found.extend(vm for vm in res if vm["Id"] not in {f["Id"] for f in found})
-    if g.json and failed and not found:
-        print_json({"error": {"code": failed[0].code, "message": failed[0].message}})
-    elif found or g.json:
-        show_vms(g, found)
-    if failed:
-        g.exit_status = 1
+    list_vms(g, names)
 
 
 @cli.command("start-vm")

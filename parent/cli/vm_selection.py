@@ -15,53 +15,20 @@ What it does:
   (`hvctl: NotFound: …`), the others are still done, and the exit status is 1.
 - `names` (already `NAME…`): patterns and comma lists are expanded before the command runs.
 - A pattern that matches no VM selects nothing, quietly, as Get-VM does.
+
+The name matching itself is parent/cli/vm_names.py (no click: get-vm's fast path uses it too).
 """
 from __future__ import annotations
 
-import fnmatch
 import functools
 
 import click
 
 from hypervisor.runtime.errors import HvError
 from parent.cli import output
+from parent.cli.vm_names import expand, is_pattern, match, split_names, with_names  # noqa: F401  (match: tests)
 
-WILDCARD = set("*?[")
 NOT_A_VM = {"vmhost", "vmhostdriver", "vmswitch"}
-
-
-def is_pattern(text: str) -> bool:
-    return any(ch in WILDCARD for ch in text)
-
-
-def split_names(tokens) -> list[str]:
-    """`web1,web2 db1` → ['web1', 'web2', 'db1'] (VM names never hold a comma)."""
-    out = []
-    for token in tokens:
-        out.extend(part.strip() for part in token.split(",") if part.strip())
-    return out
-
-
-def match(tokens: list[str], existing: list[str]) -> list[str]:
-    """Names in the order asked, patterns expanded against `existing` (case-insensitive, each VM
-    once). Plain names pass through unchanged: the op itself answers NotFound. Pure."""
-    out, seen = [], set()
-    for token in tokens:
-        found = [n for n in existing if fnmatch.fnmatchcase(n.lower(), token.lower())] \
-            if is_pattern(token) else [token]
-        for name in found:
-            if name.lower() not in seen:
-                seen.add(name.lower())
-                out.append(name)
-    return out
-
-
-def expand(g, tokens) -> list[str]:
-    tokens = split_names(tokens)
-    if not any(is_pattern(t) for t in tokens):
-        return tokens
-    existing = [vm["Name"] for vm in g.client.call("get-vm")]
-    return match(tokens, existing)
 
 
 def vm_param(cmd_name: str, cmd: click.Command) -> click.Argument | None:
@@ -124,11 +91,7 @@ def _wrap_many(cmd: click.Command, arg: click.Argument) -> None:
         g = click.get_current_context().obj
         tokens = kwargs[arg.name]
         if tokens:
-            kwargs[arg.name] = tuple(expand(g, tokens))
-            if not kwargs[arg.name]:   # patterns that matched nothing: nothing to do
-                if g.json:
-                    output.print_json([])
-                return None
+            return with_names(g, tokens, lambda names: callback(**{**kwargs, arg.name: names}))
         return callback(**kwargs)
     cmd.callback = expanded
 
