@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from tests.conftest import HVCTL, ROOT, wait_until
+from tests.unit.test_cli_startup import command_modules_in, heavy_in, probe
 
 pytestmark = pytest.mark.integration
 MB = 1 << 20
@@ -69,6 +70,23 @@ def test_piped_tables_never_wrap(host):
     lines = table.splitlines()
     assert lines[0].split() == ["Name", "State", "CPUUsage(%)", "MemoryAssigned(M)", "Uptime", "Status"]
     assert len(lines) == 4 and "a VM with a rather long name for tables" in table
+
+
+def test_get_vm_takes_the_fast_path_and_prints_what_the_click_command_prints(host, tmp_path):
+    """issue 16: a one-shot get-vm sends its request without click, rich, psutil, structlog or
+    any command module imported (parent/cli/launch.py), and prints what the click command
+    (`get-vm --` keeps a line off the fast path) prints: same keys, same VMs, same columns."""
+    code, modules, out = probe(tmp_path, "--home", str(host.home), "--json", "get-vm")
+    assert code == 0 and {"zmq", "msgpack"} <= modules          # it did ask vmms
+    assert heavy_in(modules) == [] and command_modules_in(modules) == []
+    fast = json.loads(out)
+    _, slow, _ = host.hvctl("get-vm", "--")
+    assert [(vm["Name"], sorted(vm)) for vm in fast] == [(vm["Name"], sorted(vm)) for vm in slow]
+    _, fast_table, _ = text(host, "get-vm")
+    _, slow_table, _ = text(host, "get-vm", "--")
+    assert [line.split()[0] for line in fast_table.splitlines()] == \
+        [line.split()[0] for line in slow_table.splitlines()]
+    assert fast_table.splitlines()[0] == slow_table.splitlines()[0]
 
 
 def test_errors_name_the_option_as_typed(host):
