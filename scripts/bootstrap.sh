@@ -37,3 +37,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${EXTRA}"
   touch "$stamp"
 fi
+# Byte-code caches for hvemu's own modules, as a regular (non-editable) install has them: with
+# PYTHONDONTWRITEBYTECODE set (as here and in CI) an editable install never gets any, and every
+# hvctl run and daemon start would compile its modules from source again (issue 16: about as
+# much as hvctl's own work). Only stale ones are rewritten; __pycache__ is git-ignored.
+.venv/bin/python -m compileall -q -j 0 hypervisor worker parent >/dev/null || true
