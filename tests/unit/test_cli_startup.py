@@ -2,7 +2,7 @@
 `get-vm` takes the fast path (parent/cli/launch.py) without click, rich, psutil, structlog,
 dataclasses or any command module; other commands load only their own module; the lazy
 command table agrees with what the modules register; the fast path words errors as the click
-command would. The run against a real host is in tests/integration/test_cli_answers.py."""
+command would; `--json` output is exactly json.dumps(indent=2). The run against a real host is in tests/integration/test_cli_answers.py."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, strategies as st
 
-from parent.cli import launch
+from parent.cli import launch, output
 from parent.cli.main import COMMAND_MODULES, cli, modules_for, option_words, register_commands
 from tests.conftest import ROOT
 
@@ -102,3 +103,27 @@ def test_the_fast_path_words_errors_as_the_click_command_does():
 ])
 def test_which_lines_take_the_fast_path(rest, fast):
     assert launch.is_fast(rest) is fast
+
+
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+JSONISH = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    | st.dictionaries(st.integers() | st.booleans() | st.none(), inner, max_size=2),
+    max_leaves=30)
+
+
+@given(JSONISH)
+def test_json_output_is_exactly_what_json_dumps_writes(value):
+    assert output.dumps_indented(value) == json.dumps(value, indent=2, default=str)
+
+
+def test_json_output_of_objects_and_get_vm_lists():
+    class Odd:
+        def __str__(self):
+            return "odd\n\u00e9"
+    vms = [{"Name": f"web{i}\u00e9", "Id": str(i), "CPUUsage": 0, "MemoryAssigned": None,
+            "Uptime": 1.5, "DynamicMemoryEnabled": False, "Tags": ["a", {"b": []}]} for i in range(3)]
+    for value in (vms, [Odd(), {"x": Odd()}], {"deep": [[[[1]]]]}, [], {}, float("nan")):
+        assert output.dumps_indented(value) == json.dumps(value, indent=2, default=str)
