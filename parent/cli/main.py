@@ -24,6 +24,7 @@ import sys
 import click
 
 from hypervisor.runtime.errors import HvError
+from parent.build_features import UNAVAILABLE
 from parent.cli import vm_selection
 from parent.cli.launch import Globals, UsageError, reword, split_globals  # noqa: F401  (tests)
 from parent.cli.output import EXIT_USAGE, exit_code, print_error
@@ -138,7 +139,6 @@ def register_commands() -> None:
 
 def add_unavailable_commands() -> None:
     """A contract command no module registered answers one sentence (NotSupported, exit 1)."""
-    from parent.build_features import UNAVAILABLE
     for name, why in UNAVAILABLE.items():
         if name in cli.commands:
             continue
