@@ -3,8 +3,12 @@ backlog of a full ring — two endpoints of one real memfd in one process."""
 from __future__ import annotations
 
 import os
+import random
 import select
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +120,51 @@ def test_garbage_on_the_socket_is_dropped_not_fatal():
     send_message(a, {"t": "ok"})
     msgs, closed = receive_messages(b, accept_fds=False)
     assert [m["t"] for m in msgs] == ["ok"] and not closed
+
+
+ECHO_PEER = r"""
+import os, select, sys
+sys.path.insert(0, sys.argv[1])
+from worker.vmbus.transport import ChannelEndpoint
+host = ChannelEndpoint([int(fd) for fd in sys.argv[2:5]], 4096, "host")
+while True:
+    if not select.select([host.fileno()], [], [], 5.0)[0]:
+        sys.exit("echo peer: no doorbell for 5 s")
+    for p in host.receive():
+        if p.payload == b"stop":
+            sys.exit(0)
+        host.send_packet(p.type, p.payload, p.txid)
+"""
+
+
+def test_two_processes_ping_pong_never_lose_a_wake_up():
+    """Both sides publish an index and then read the other's (ring.full_fence between): a lost
+    wake-up would leave a burst unanswered and this side waiting on its doorbell. A small ring
+    (4 KiB) also makes both sides run full and wait for room."""
+    res = ChannelResources(4096, "ping-pong")
+    guest = ChannelEndpoint([os.dup(fd) for fd in res.fds()], 4096, "guest")
+    peer_fds = [os.dup(fd) for fd in res.fds()]
+    res.close()
+    root = str(Path(__file__).resolve().parents[2])
+    peer = subprocess.Popen([sys.executable, "-c", ECHO_PEER, root, *map(str, peer_fds)],
+                            pass_fds=peer_fds)
+    for fd in peer_fds:
+        os.close(fd)
+    rng = random.Random(7)
+    try:
+        for round_ in range(1500):
+            burst = rng.randint(1, 40)
+            for i in range(burst):
+                guest.send_packet(DATA, bytes(rng.randint(0, 200)), i + 1)
+            got = 0
+            while got < burst:
+                assert readable(guest.fileno(), 2.0), f"round {round_}: {got}/{burst} echoes, then silence"
+                got += len(guest.receive())
+                guest.flush()
+        guest.send_packet(DATA, b"stop")
+        assert peer.wait(timeout=10) == 0
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait(timeout=5)
+        guest.close()

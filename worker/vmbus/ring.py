@@ -28,10 +28,14 @@ not end, never an allocation larger than the ring. Header and payload are copied
 memory once, so the peer cannot change them between the check and the use.
 
 Memory ordering: the writer copies the packet, then publishes write_index; the reader copies the
-packet out, then publishes read_index. Each index is one aligned 4-byte store. CPython has no
-fences: store order holds on x86-64 (TSO); on weakly ordered CPUs a reader may see an index
-before the data, which shows up as a RingProtocolError, not as wrong data being accepted silently
-— except for payload bytes, which the checks cannot vouch for.
+packet out, then publishes read_index. Each index is one aligned 4-byte store. Store order holds
+on x86-64 (TSO); on weakly ordered CPUs a reader may see an index before the data, which shows
+up as a RingProtocolError, not as wrong data being accepted silently — except for payload
+bytes, which the checks cannot vouch for. Signalling needs more: each side stores its index (or
+the interrupt mask, or pending_send_size) and then loads the other's, and even x86 lets a load
+pass an earlier store. Without a fence both sides could read the other's old index — the writer
+sees a reader still busy and does not signal, the reader sees an empty ring and sleeps — a lost
+wake-up. `full_fence()` sits between each such store and load.
 
 Performance: bytes move with memoryview slice assignment and `bytes()`/`join` of slices (one
 memcpy each, at most two pieces for a wrapped packet); there is no per-byte Python loop.
@@ -42,6 +46,7 @@ publishes read_index once. Packets are NamedTuples (cheap to make: one per packe
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import NamedTuple
@@ -54,6 +59,17 @@ MAX_RING_SIZE = 1 << 30
 
 # Header field offsets.
 _WRITE_INDEX, _READ_INDEX, _INTERRUPT_MASK, _PENDING_SEND_SIZE, _DATA_SIZE = 0, 4, 8, 12, 16
+
+_FENCE = threading.Lock()
+
+
+def full_fence() -> None:
+    """Order this process's earlier stores before its later loads. CPython offers no fence; an
+    uncontended lock's acquire is an atomic read-modify-write (a full barrier on x86-64), for
+    ~0.1 µs. The lock is never held across anything, so a fork can never inherit it held."""
+    _FENCE.acquire()
+    _FENCE.release()
+
 
 _PACKET_HEADER = struct.Struct("<HHIQ")
 _ZEROS = bytes(ALIGN)
@@ -238,6 +254,7 @@ class RingWriter:
             # without seeing our request.
             ring.store(_PENDING_SEND_SIZE, total)
             self._pending = True
+            full_fence()                                    # the request, then the read index
             free = self.free_bytes()
             if total > free:
                 raise RingFull(total, free)
@@ -263,6 +280,7 @@ class RingWriter:
         if self._pending:
             ring.store(_PENDING_SEND_SIZE, 0)
             self._pending = False
+        full_fence()                                        # publish, then look at the reader
         if words[2]:                                        # _INTERRUPT_MASK
             return False
         # The reader had consumed everything up to where this packet starts: it may be asleep.
@@ -309,6 +327,7 @@ class RingReader:
     def unmask_interrupts(self) -> bool:
         """Re-enable signals; True if packets arrived meanwhile, so the caller must drain again."""
         self.ring.store(_INTERRUPT_MASK, 0)
+        full_fence()
         return not self.is_empty()
 
     def _read_batch(self, limit: int | None) -> list[Packet]:
@@ -342,6 +361,7 @@ class RingReader:
         if packets:
             self._read = pos
             ring.store(_READ_INDEX, pos)               # publish after the packets are copied out
+            full_fence()   # before pending_send_size here and the write index in the caller's check
             pending = ring.load(_PENDING_SEND_SIZE)
             if pending:
                 now = ring.load(_WRITE_INDEX)
