@@ -20,9 +20,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def experiment():
-    # three hosts at a time: the suite's short version; figures come from the sequential run
+    # six hosts at a time: the suite's short version; figures come from the sequential run
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "experiment"), "--vms", "3", "--json",
-                           "--jobs", "3"],
+                           "--jobs", "6"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
