@@ -14,7 +14,7 @@ channel's protocol loses that channel only: it is logged (`protocol_error`), clo
 worker told (`failed`); everything else keeps working. It exits when vmms goes away or on
 SIGTERM (the signal handler only wakes the loop).
 
-One thread, one `selectors` loop; every wait is bounded, and every channel is drained on each
+One thread, one epoll loop (`ReadPoll`); every wait is bounded, and every channel is drained on each
 periodic tick as well as on its doorbell.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import selectors
 import signal
 import socket
 import time
@@ -35,6 +34,7 @@ from hypervisor.runtime.logging_setup import configure
 from hypervisor.runtime.packet_socket import close_fds, receive_messages, send_message
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile
+from hypervisor.runtime.read_poll import ReadPoll
 from parent.drivers import registry
 from parent.drivers.driver_api import PENDING, DriverChannel, DriverContext, DriverError, DriverRefused
 from worker.vmbus import driver_protocol as dp
@@ -115,7 +115,7 @@ class Served:
 class DriverHost:
     def __init__(self, home: Home, name: str, driver, vmms: socket.socket, log):
         self.home, self.name, self.driver, self.vmms, self.log = home, name, driver, vmms, log
-        self.sel = selectors.DefaultSelector()
+        self.poll = ReadPoll()     # raw epoll: this loop is on every network frame's path
         self.conns: dict[int, WorkerConn] = {}
         self.running = True
         self.protocol_errors = 0
@@ -179,7 +179,7 @@ class DriverHost:
             return
         channel.endpoint = endpoint
         conn.channels[cid] = served
-        self.sel.register(endpoint.fileno(), selectors.EVENT_READ, ("channel", served))
+        self.poll.register(endpoint.fileno(), ("channel", served))
         send_message(conn.sock, {"t": dp.OPENED, "channel_id": cid})
         self.stats_dirty = True
         self.log.info("channel_opened", channel_id=cid, vm_id=channel.vm_id, instance_id=channel.instance_id)
@@ -189,10 +189,7 @@ class DriverHost:
         conn, cid = served.conn, served.channel.channel_id
         if conn.channels.pop(cid, None) is None:
             return
-        try:
-            self.sel.unregister(served.endpoint.fileno())
-        except (KeyError, ValueError):
-            pass
+        self.poll.unregister(served.endpoint.fileno())
         served.endpoint.close()
         try:
             self.driver.close(served.channel)
@@ -290,13 +287,10 @@ class DriverHost:
 
     # --- the driver's own descriptors (Driver.attach) -------------------------------------------
     def add_reader(self, fd: int, callback) -> None:
-        self.sel.register(fd, selectors.EVENT_READ, ("driver", callback))
+        self.poll.register(fd, ("driver", callback))
 
     def remove_reader(self, fd: int) -> None:
-        try:
-            self.sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
+        self.poll.unregister(fd)
 
     def _from_vmms(self) -> None:
         msgs, closed = receive_messages(self.vmms, accept_fds=True)
@@ -325,7 +319,7 @@ class DriverHost:
             sock.setblocking(False)
             conn = WorkerConn(sock)
             self.conns[sock.fileno()] = conn
-            self.sel.register(sock, selectors.EVENT_READ, ("worker", conn))
+            self.poll.register(sock, ("worker", conn))
             send_message(sock, {"t": dp.HELLO, **self.info()})
 
     def _worker_readable(self, conn: WorkerConn) -> None:
@@ -345,7 +339,7 @@ class DriverHost:
         if closed:
             for served in list(conn.channels.values()):
                 self._close(served, "worker gone")
-            self.sel.unregister(conn.sock)
+            self.poll.unregister(conn.sock)
             self.conns.pop(conn.sock.fileno(), None)
             conn.sock.close()
 
@@ -377,17 +371,21 @@ class DriverHost:
             signal.set_wakeup_fd(wfd)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: None)   # only wakes the loop
-            self.sel.register(rfd, selectors.EVENT_READ, ("signal", None))
-        self.sel.register(listener, selectors.EVENT_READ, ("listen", listener))
-        self.sel.register(self.vmms, selectors.EVENT_READ, ("vmms", None))
+            self.poll.register(rfd, ("signal", None))
+        self.poll.register(listener, ("listen", listener))
+        self.poll.register(self.vmms, ("vmms", None))
         send_message(self.vmms, {"t": dp.READY, "pid": os.getpid(), **self.info()})
         self.log.info("drvhost_ready", **self.info())
         next_tick = time.monotonic() + TICK
+        wait, handlers = self.poll.epoll.poll, self.poll.handlers
         try:
             while self.running:
                 wake = min(next_tick, self.driver.next_deadline())
-                for key, _ in self.sel.select(max(0.0, wake - time.monotonic())):
-                    what, obj = key.data
+                for fd, _ in wait(max(0.0, wake - time.monotonic())):
+                    handler = handlers.get(fd)
+                    if handler is None:
+                        continue     # unwatched by an earlier handler of this batch
+                    what, obj = handler
                     if what == "channel":
                         self._serve(obj)
                     elif what == "driver":
@@ -416,7 +414,7 @@ class DriverHost:
                     self._close(served, "driver host stopping")
                 conn.sock.close()
             listener.close()
-            self.sel.close()
+            self.poll.close()
             try:
                 os.unlink(self.home.driver_socket(self.name))
             except OSError:

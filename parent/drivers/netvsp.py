@@ -42,6 +42,8 @@ HOST_PORT = "host"
 UPLINK_PORT = "uplink"
 BACKLOG_FRAMES = 64
 AGE_EVERY = 10.0
+_DATA = int(PacketType.DATA)                      # plain ints: an IntFlag `&` runs Python code
+_COMPLETION_REQUESTED = int(PacketFlags.COMPLETION_REQUESTED)
 
 
 class SwitchState:
@@ -174,21 +176,25 @@ class NetvspDriver(Driver):
             self._place(iid)
 
     def packet(self, channel: DriverChannel, packet) -> bytes | None:
-        if packet.type != PacketType.DATA:
+        if packet.type != _DATA:
             return None
-        if packet.flags & PacketFlags.COMPLETION_REQUESTED:
+        if packet.flags & _COMPLETION_REQUESTED:
             return self._query(channel)
         frames = proto.decode_batch(packet.payload)
-        sid = self.attached.get(channel.instance_id)
+        iid = channel.instance_id
+        sid = self.attached.get(iid)
         st = self.switches.get(sid) if sid is not None else None
         if st is None:
             self.dropped_disconnected += len(frames)
             return None
         now = time.monotonic()
-        ingress, iid = st.core.ingress, channel.instance_id
-        out: list = []
-        for f in frames:
-            out += ingress(iid, f, now)
+        ingress = st.core.ingress
+        if len(frames) == 1:                   # the common case (a ping, an ACK)
+            out = ingress(iid, frames[0], now)
+        else:
+            out = []
+            for f in frames:
+                out += ingress(iid, f, now)
         if out:
             self._deliver(st, out)
         return None
@@ -216,12 +222,13 @@ class NetvspDriver(Driver):
     def _deliver(self, st: SwitchState, out: list[tuple[str, bytes]]) -> None:
         if len(out) == 1:                      # the common case: one frame to one port
             pid, frame = out[0]
-            by_port = {pid: [frame]}
+            by_port = ((pid, (frame,)),)
         else:
-            by_port = {}
+            grouped: dict[str, list] = {}
             for pid, frame in out:
-                by_port.setdefault(pid, []).append(frame)
-        for pid, frames in by_port.items():
+                grouped.setdefault(pid, []).append(frame)
+            by_port = grouped.items()
+        for pid, frames in by_port:
             if pid == st.host_port_id:
                 for f in frames:
                     st.host.write(f)
@@ -230,11 +237,15 @@ class NetvspDriver(Driver):
             ep = ch.endpoint if ch is not None else None
             if ep is None or ep.closed:
                 continue
+            if len(frames) == 1 and not ep.backlog:
+                f = frames[0]
+                ep.send_gather(_DATA, (proto.frame_length(f), f), len(f) + 4)
+                continue
             for pieces, n in proto.gather_batches(frames):
                 if len(ep.backlog) >= BACKLOG_FRAMES:
                     st.core.undelivered(pid)
                     continue
-                ep.send_gather(PacketType.DATA, pieces, n)
+                ep.send_gather(_DATA, pieces, n)
 
     # --- time ----------------------------------------------------------------------------------------
     def next_deadline(self) -> float:

@@ -206,33 +206,42 @@ class Switch:
         l2 = self.l2
         if macs is None:
             macs = bytes(frame[l2:l2 + 12])
-        src, dst = macs[6:], macs[:6]
-        vlan = port.config.vlan
+        n = len(frame) - l2
+        pid, vlan = port.port_id, port.config.vlan
         c = port.counters
         c.rx_frames += 1
-        c.rx_bytes += len(frame) - l2
-        if not src[0] & 1:            # never learn a multicast source
-            self.macs[(vlan, src)] = (port.port_id, now)
+        c.rx_bytes += n
+        table, ports = self.macs, self.ports
+        if not macs[6] & 1:           # never learn a multicast source
+            table[(vlan, macs[6:])] = (pid, now)
         targets: list[str]
-        if dst[0] & 1:                # broadcast or multicast
-            targets = self._flood(port.port_id, vlan)
+        if macs[0] & 1:               # broadcast or multicast
+            targets = self._flood(pid, vlan)
         else:
-            hit = self.macs.get((vlan, dst))
-            if hit is not None and now - hit[1] <= self.ageing and hit[0] in self.ports:
-                targets = [] if hit[0] == port.port_id else [hit[0]]
+            key = (vlan, macs[:6])
+            hit = table.get(key)
+            if hit is not None and now - hit[1] <= self.ageing and hit[0] in ports:
+                to = hit[0]
+                if to == pid:
+                    return []
+                if not self.mirroring:                     # the common case: one port
+                    tc = ports[to].counters
+                    tc.tx_frames += 1
+                    tc.tx_bytes += n
+                    return [(to, frame)]
+                targets = [to]
             else:
                 if hit is not None:
-                    del self.macs[(vlan, dst)]
-                targets = self._flood(port.port_id, vlan)
+                    del table[key]
+                targets = self._flood(pid, vlan)
         if self.mirroring and (port.config.mirroring == "Source" or any(
-                self.ports[t].config.mirroring == "Source" for t in targets)):
-            for p in self.ports.values():
-                if p.config.mirroring == "Destination" and p.port_id != port.port_id \
+                ports[t].config.mirroring == "Source" for t in targets)):
+            for p in ports.values():
+                if p.config.mirroring == "Destination" and p.port_id != pid \
                         and p.port_id not in targets:
                     targets.append(p.port_id)
-        n = len(frame) - l2
         for t in targets:
-            tc = self.ports[t].counters
+            tc = ports[t].counters
             tc.tx_frames += 1
             tc.tx_bytes += n
         return [(t, frame) for t in targets]

@@ -29,6 +29,7 @@ import time
 import setproctitle
 
 from hypervisor.runtime import signal_wakeup
+from hypervisor.runtime.read_poll import ReadPoll
 from worker.guest import device_programs
 from worker.guest.console import CommandInput, RuntimeConsole
 from worker.guest.guest_ram import GuestRam
@@ -82,7 +83,7 @@ class Guest:
         self.memory: GuestRam | None = None
         self.running = True
         self.beat = 0
-        self.sel = selectors.DefaultSelector()
+        self.poll = ReadPoll()     # raw epoll: this loop is on every network frame's path
         # VMBus and the integration services (heartbeat, shutdown, KVP, time sync), the console
         self.services = GuestServices(self, self._watch, self._unwatch)
         self.console_in: CommandInput | None = None
@@ -96,13 +97,10 @@ class Guest:
         self.saved = False                 # the state is in RAM: change nothing more
 
     def _watch(self, fd: int, callback) -> None:
-        self.sel.register(fd, selectors.EVENT_READ, callback)
+        self.poll.register(fd, callback)
 
     def _unwatch(self, fd: int) -> None:
-        try:
-            self.sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
+        self.poll.unregister(fd)
 
     def console_send(self, data: bytes) -> None:
         self.link.send({"t": "console", "data": data})
@@ -215,16 +213,17 @@ class Guest:
         self.link.send({"t": "saved"})
 
     def run(self) -> int:
-        sel = self.sel
-        sel.register(self.link.sock, selectors.EVENT_READ, "link")
-        sel.register(self.sigchld_fd, selectors.EVENT_READ, "sigchld")
+        poll = self.poll
+        poll.register(self.link.sock, "link")
+        poll.register(self.sigchld_fd, "sigchld")
         out = self.program.command.stdout if self.program.command else None
         if out is not None:
             os.set_blocking(out.fileno(), False)
-            sel.register(out, selectors.EVENT_READ, "console")
+            poll.register(out, "console")
+        wait, handlers, monotonic = poll.epoll.poll, poll.handlers, time.monotonic
         wake, housekeeping = 0.0, True
         while self.running:
-            now = time.monotonic()
+            now = monotonic()
             if housekeeping or now >= wake:
                 self.services.tick(now)  # heartbeats, device programs, a drain of every channel
                 wake = min(now + IDLE_WAIT, self.services.next_deadline())
@@ -241,16 +240,19 @@ class Guest:
                     self.memory.step(now)
                     wake = now if self.memory.busy() else min(wake, self.memory.next_deadline())
             housekeeping = False     # events of `fast_path` callbacks (network frames) need none
-            for key, _ in sel.select(max(0.0, wake - time.monotonic())):
-                if key.data == "link":
+            for fd, _ in wait(max(0.0, wake - monotonic())):
+                handler = handlers.get(fd)
+                if handler is None:
+                    continue         # unwatched by an earlier handler of this batch
+                if handler == "link":
                     housekeeping = True
                     for msg in self.link.receive():
                         self.handle(msg)
-                elif key.data == "sigchld":
-                    signal_wakeup.received(key.fd)
-                elif callable(key.data):
-                    key.data()  # a VMBus channel's doorbell
-                    housekeeping = housekeeping or not getattr(key.data, "fast_path", False)
+                elif handler == "sigchld":
+                    signal_wakeup.received(fd)
+                elif handler != "console":
+                    handler()  # a VMBus channel's doorbell, a TAP
+                    housekeeping = housekeeping or not getattr(handler, "fast_path", False)
                 else:
                     housekeeping = True
                     try:
@@ -260,7 +262,7 @@ class Guest:
                     if data:
                         self.link.send({"t": "console", "data": data})
                     elif data == b"":
-                        sel.unregister(out)
+                        poll.unregister(out)
             if self.link.closed:
                 self.program.stop()
                 return 3  # the worker is gone; PDEATHSIG normally got here first

@@ -81,10 +81,12 @@ def split_batches(frames: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
 def decode_batch(payload: bytes) -> list[memoryview]:
     """The frames of one packet, as views of it (no copy); RingProtocolError if the batch is
     malformed."""
-    out = []
     view = memoryview(payload)
     pos, end = 0, len(payload)
     unpack = _LEN.unpack_from
+    if end > 4 and unpack(payload, 0)[0] == end - 4 <= MAX_FRAME_BYTES:
+        return [view[4:]]                    # the common case: one frame
+    out = []
     while pos < end:
         if end - pos < 4:
             raise RingProtocolError(f"netvsp: {end - pos} stray bytes at the end of a batch")
