@@ -127,6 +127,15 @@ def run_fast(rest: list[str], home: str | None, as_json: bool) -> int:
     return g.exit_status
 
 
+def globals_or_exit(argv: list[str]) -> tuple[list[str], str | None, bool]:
+    """`split_globals`, or the usage error printed and exit status 2."""
+    try:
+        return split_globals(argv)
+    except UsageError as exc:
+        print(f"hvctl: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> None:
     """hvctl. Without `argv` this is the process's whole life (the console script, `python -m
     parent.cli`): a fast-path run then turns the cyclic garbage collector off and freezes what
@@ -136,11 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     `host serve` run for long."""
     whole_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        rest, home, as_json = split_globals(argv)
-    except UsageError as exc:
-        print(f"hvctl: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+    rest, home, as_json = globals_or_exit(argv)
     if is_fast(rest):
         if whole_process:
             gc.disable()

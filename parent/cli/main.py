@@ -26,7 +26,8 @@ import click
 from hypervisor.runtime.errors import HvError
 from parent.build_features import UNAVAILABLE
 from parent.cli import vm_selection
-from parent.cli.launch import Globals, UsageError, reword, split_globals  # noqa: F401  (tests)
+from parent.cli.launch import (Globals, UsageError, globals_or_exit, reword,  # noqa: F401  (tests)
+                               split_globals)
 from parent.cli.output import EXIT_USAGE, exit_code, print_error
 
 # module → the commands it registers on `cli` (a command in two modules: `host`, whose `serve`
@@ -173,11 +174,7 @@ def as_typed(message: str, cmd: click.Command | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        rest, home, as_json = split_globals(argv)
-    except UsageError as exc:
-        print(f"hvctl: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+    rest, home, as_json = globals_or_exit(argv)
     if "_HVCTL_COMPLETE" in os.environ:
         register_commands()   # completion offers every command (and strips the globals first)
     g = Globals(home, as_json)
