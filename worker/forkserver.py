@@ -20,6 +20,7 @@ import sys
 
 from hypervisor.runtime.packet_socket import receive_messages, send_message
 from hypervisor.runtime.process_tree import reap_children
+from hypervisor.runtime.sandbox import set_not_dumpable
 from worker.worker_defs import LAUNCH_KEYS
 
 MAX_LAUNCH = 4 << 20   # a launch carries the VM's host KVP pool: up to 1024 items of 2.5 KB
@@ -66,7 +67,6 @@ def main() -> None:
     import setproctitle
     fd, home = int(sys.argv[1]), sys.argv[2]
     setproctitle.setproctitle(f"vmms-forkserver {home}")
-    from hypervisor.runtime.sandbox import set_not_dumpable
     set_not_dumpable()  # it and every vmwp it forks: no /proc/<pid>/mem, no ptrace
     os.umask(0o077)
     serve(socket.socket(fileno=fd))

@@ -38,6 +38,7 @@ import os
 import struct
 import zlib
 
+from hypervisor.runtime import wire
 from hypervisor.runtime.errors import HvError
 
 MAGIC = b"HVEMU-VMRS" + bytes(6)
@@ -74,7 +75,6 @@ def data_segments(fd: int, size: int) -> list[tuple[int, int]]:
 def write_vmrs(path: str | os.PathLike, meta: dict, ram_fd: int, ram_size: int) -> int:
     """Write a saved-state file for RAM object `ram_fd` (its first `ram_size` bytes) and
     `meta`; atomically. Returns the file's size."""
-    from hypervisor.runtime import wire
     path = os.fspath(path)
     segments = data_segments(ram_fd, ram_size)
     meta = {**meta, "memory_size": ram_size, "segments": [list(s) for s in segments]}
@@ -131,7 +131,6 @@ def fsync_folder(path: str) -> None:
 def read_meta(path: str | os.PathLike) -> dict:
     """The meta of a saved-state file after the cheap checks (magic, version, sizes adding up,
     trailer mark); the checksum is checked by `load_into`."""
-    from hypervisor.runtime import wire
     path = os.fspath(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

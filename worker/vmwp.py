@@ -22,6 +22,7 @@ from hypervisor import hypercall_defs as hc
 from hypervisor.runtime import sandbox as sandbox_calls
 from hypervisor.runtime import process_tree, signal_wakeup
 from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.logging_setup import configure
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile, read_pid
 from worker import guest_link
@@ -664,7 +665,6 @@ def write_exit_status(home: Home, vm_id: str, status: dict) -> None:
 
 def worker_main(launch: dict) -> None:
     """Entry of a vmwp forked by the fork-server (already in its own session); never returns."""
-    from hypervisor.runtime.logging_setup import configure
     vm_id, name = launch["vm_id"], launch["name"]
     setproctitle.setproctitle(f"vmwp {name} {vm_id}")
     home = Home.resolve(launch["home"])
