@@ -387,6 +387,11 @@ class Vmms:
             if not ok:
                 self.server.reply_error(req, res)
                 return
+            if isinstance(res, dict) and res.get("vm_id") == rec.id and rec.worker is not None:
+                # A reply that carries the worker's status is as fresh as its notifications: take
+                # it, so a notification that went astray (another peer attached to the worker)
+                # cannot leave a stale State or Uptime behind (issue 9's chaos finding).
+                self.on_worker_status(rec.worker, res)
             try:
                 self.server.reply(req, answer(res) if answer is not None else self.vm_view(rec, {}))
             except HvError as err:

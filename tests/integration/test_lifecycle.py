@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import psutil
 import pytest
+import zmq
 
+from hypervisor.runtime import wire
+from hypervisor.runtime.paths import Home
+from hypervisor.runtime.rpc_client import dealer_socket
 from tests.conftest import alive, short_home, start_host, stop_host, wait_until
 
 pytestmark = pytest.mark.integration
@@ -175,3 +179,26 @@ def test_guest_that_ignores_shutdown_times_out_and_force_turns_it_off(host):
     assert host.vm("deaf")["State"] == "Running"
     rc, out, _ = host.hvctl("stop-vm", "deaf", "--timeout", "1", "--force")
     assert out[0]["State"] == "Off"
+
+
+def test_restart_vm_reply_refreshes_the_status_even_when_notifications_go_astray(host):
+    """Chaos finding (issue 9): get-vm showed the old Uptime after restart-vm. The worker sends its
+    status notifications to the last peer that attached; here the test attaches itself, so vmms
+    never hears them. The status in restart-vm's own reply must still reach get-vm."""
+    host.new_vm("astray")
+    host.start("astray")
+    wait_until(lambda: (host.vm("astray")["Uptime"] or 0) >= 1.5, 10, what="uptime past 1.5 s")
+    ctx = zmq.Context()
+    sock = dealer_socket(ctx, Home(host.home).worker_endpoint(host.vm("astray")["Id"]))
+    try:
+        sock.send_multipart(wire.request_frames("t1", "attach", {}, 5000))
+        assert sock.poll(5000), "the worker did not answer attach"
+        reply = wire.unpack(sock.recv_multipart()[-1])
+        assert reply["ok"] and reply["result"]["state"] == "Running"
+        host.hvctl("restart-vm", "astray")
+        vm = host.vm("astray")
+        assert vm["State"] == "Running" and vm["Uptime"] < 1.5, vm["Uptime"]
+    finally:
+        sock.close(0)
+        ctx.term()
+        host.hvctl("stop-vm", "astray", "--turn-off")
