@@ -40,6 +40,10 @@ def frame_length(frame) -> bytes:
     return _LEN.pack(len(frame))
 
 
+pack_length = _LEN.pack
+"""`pack_length(len(frame))` is `frame_length(frame)` with no Python frame (the data path)."""
+
+
 def gather_batches(frames: list, limit: int = BATCH_BYTES) -> list[tuple[list, int]]:
     """Frames as as few batches as fit `limit` bytes each, each batch as the pieces of its
     payload (length prefix, frame, ...) and its size: what `ChannelEndpoint.send_gather`
