@@ -24,7 +24,9 @@ _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}   # sched_setattr, sch
 _ATTR = struct.Struct("IIQiIQQQII")                          # struct sched_attr (size 56)
 SCHED_OTHER = 0
 SCHED_FLAG_RESET_ON_FORK = 0x01
-NETWORK_SLICE = 0.0002        # seconds: a wake's work on a frame's path, with room
+NETWORK_SLICE = 0.0001        # seconds: the kernel's shortest (the earliest deadline on a wake-up;
+                              # a slice used up is renewed, the share is unchanged; 0.2 ms measured
+                              # ~4 % slower ping p50 in an interleaved A/B)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
