@@ -34,7 +34,7 @@ from hypervisor.runtime.logging_setup import configure
 from hypervisor.runtime.packet_socket import close_fds, receive_messages, send_message
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile
-from hypervisor.runtime.read_poll import ReadPoll
+from hypervisor.runtime.read_poll import MAX_EVENTS, ReadPoll
 from parent.drivers import registry
 from parent.drivers.driver_api import PENDING, DriverChannel, DriverContext, DriverError, DriverRefused
 from worker.vmbus import driver_protocol as dp
@@ -381,7 +381,7 @@ class DriverHost:
         try:
             while self.running:
                 wake = min(next_tick, self.driver.next_deadline())
-                for fd, _ in wait(max(0.0, wake - time.monotonic())):
+                for fd, _ in wait(max(0.0, wake - time.monotonic()), MAX_EVENTS):
                     handler = handlers.get(fd)
                     if handler is None:
                         continue     # unwatched by an earlier handler of this batch

@@ -29,7 +29,7 @@ import time
 import setproctitle
 
 from hypervisor.runtime import signal_wakeup
-from hypervisor.runtime.read_poll import ReadPoll
+from hypervisor.runtime.read_poll import MAX_EVENTS, ReadPoll
 from worker.guest import device_programs
 from worker.guest.console import CommandInput, RuntimeConsole
 from worker.guest.guest_ram import GuestRam
@@ -240,7 +240,7 @@ class Guest:
                     self.memory.step(now)
                     wake = now if self.memory.busy() else min(wake, self.memory.next_deadline())
             housekeeping = False     # events of `fast_path` callbacks (network frames) need none
-            for fd, _ in wait(max(0.0, wake - monotonic())):
+            for fd, _ in wait(max(0.0, wake - monotonic()), MAX_EVENTS):
                 handler = handlers.get(fd)
                 if handler is None:
                     continue         # unwatched by an earlier handler of this batch
