@@ -200,7 +200,11 @@ class NetvspDriver(Driver):
                 ch = self.channels.get(pid) if pid != st.host_port_id else None
                 ep = ch.endpoint if ch is not None else None
                 if ep is not None and not ep.closed and not ep.backlog:
-                    ep.send_gather(_DATA, (_pack_length(len(frame)), frame), len(frame) + 4)
+                    if frame is frames[0]:     # not a shaped copy: the packet's payload is
+                        payload = packet.payload   # already its one-frame batch (prefix, frame)
+                        ep.send_gather(_DATA, (payload,), len(payload))
+                    else:
+                        ep.send_gather(_DATA, (_pack_length(len(frame)), frame), len(frame) + 4)
                     return None
         else:
             out = []
