@@ -144,6 +144,8 @@ class Worker:
         if hb != self.heartbeat:
             self.heartbeat = hb
             self.log.info("heartbeat", status=hb)
+            if self.services is not None:   # beats are read lazily only while all is well
+                self.services.heartbeat.set_lazy(hb == "OkApplicationsUnknown")
             self.notify()
 
     def refresh_heartbeat(self) -> None:
@@ -323,10 +325,15 @@ class Worker:
         if self.link is not None:
             self.link.send(reply)
 
-    def on_heartbeat(self) -> None:
-        """A beat on the Heartbeat integration service's channel."""
+    def on_heartbeat(self, at: float | None = None) -> None:
+        """A beat on the Heartbeat integration service's channel, written at `at` (the guest's
+        monotonic clock, which is the host's; None: now). Beats are read lazily, at the loss
+        deadline (worker/integration/heartbeat.py): a beat's own time, clamped to [the last
+        beat, now], keeps the deadline where it would be had it been read at once."""
         first = self.last_beat is None
-        self.last_beat = time.monotonic()
+        now = time.monotonic()
+        # the first beat (and any while the status is not OK) comes with a signal: read now
+        self.last_beat = now if first or at is None else max(self.last_beat, min(at, now))
         if first:
             self.guest_ready()
         self._update_heartbeat()

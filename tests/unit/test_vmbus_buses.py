@@ -4,6 +4,7 @@ refusal, rescind and re-offer with re-issue, failed devices, and a guest that wr
 into a ring (fuzzed)."""
 from __future__ import annotations
 
+import select
 import struct
 import time
 
@@ -94,8 +95,9 @@ class Rig:
                                       lambda fd: self.guest_fds.pop(fd, None))
         self.services.start()
 
-    def _beat(self):
+    def _beat(self, at=None):
         self.beats += 1
+        self.beat_at = at
 
     def pump(self, rounds=20):
         for _ in range(rounds):
@@ -125,6 +127,46 @@ def test_contact_opens_every_service_and_the_first_beat_arrives():
     assert rig.beats >= 1
     assert rig.timesync.samples == 1 and abs(rig.timesync.skew) < 0.05
     assert rig.services.clock.synced
+
+
+def _readable(fd) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_heartbeat_is_read_lazily_once_masked_and_at_once_when_unmasked():
+    rig = Rig()
+    rig.pump()
+    assert rig.beats >= 1 and isinstance(rig.beat_at, float)
+    beater = rig.services.bus.device(CLASS_IDS[HEARTBEAT])
+    bell = rig.heartbeat.endpoint.fileno()
+    rig.heartbeat.set_lazy(True)
+    beats = rig.beats
+    before = time.monotonic()
+    beater.tick(beater.next_beat)                  # a beat while masked: no signal to the host
+    assert not _readable(bell) and rig.beats == beats
+    rig.bus.tick(time.monotonic())                 # the worker's drain at its loss deadline
+    assert rig.beats == beats + 1 and rig.beat_at >= before   # with the beat's own time
+    beater.tick(beater.next_beat)                  # another, unread ...
+    assert not _readable(bell)
+    rig.heartbeat.set_lazy(False)                  # ... unmasking rings our own doorbell for it
+    assert _readable(bell)
+    rig.pump(2)
+    assert rig.beats == beats + 2
+    beater.tick(beater.next_beat)                  # unmasked: the guest signals again
+    assert _readable(bell)
+
+
+def test_timesync_samples_at_open_and_after_a_resync_only():
+    rig = Rig()
+    rig.pump()
+    assert rig.timesync.samples == 1 and rig.timesync.next_deadline() == float("inf")
+    rig.timesync.tick(time.monotonic() + 3600)     # no periodic sample: nothing to wake for
+    rig.pump()
+    assert rig.timesync.samples == 1
+    rig.timesync.resync()                          # after a pause
+    assert rig.timesync.next_deadline() == 0.0
+    rig.pump()
+    assert rig.timesync.samples == 2 and rig.timesync.next_deadline() == float("inf")
 
 
 def test_kvp_both_ways():

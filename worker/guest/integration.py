@@ -1,15 +1,19 @@
 """Integration services, guest side, and `GuestServices`: the guest runtime's VMBus, its
 integration-service clients, its console and any guest program that uses a device.
 
-- Heartbeat: a one-way `heartbeat` as soon as the channel opens, then every
-  HEARTBEAT_INTERVAL. The worker's first beat makes the VM Running.
+- Heartbeat: a one-way `heartbeat` {seq, at} as soon as the channel opens, then every
+  HEARTBEAT_INTERVAL. The worker's first beat makes the VM Running; later beats it reads
+  lazily, at its loss deadline, using `at` (worker/integration/heartbeat.py).
 - Shutdown: answers `shutdown` by accepting and shutting the guest down — except the
   `no-shutdown` program, which never answers (for testing the host's timeout).
 - Key-value exchange: keeps the host pool (`sync`, `set`, `remove` requests) and publishes the
   guest pool (intrinsic items such as FullyQualifiedDomainName, plus what programs publish).
-- Time synchronization: `GuestClock` is the guest's wall clock. Like a VM that reads a
-  one-second-resolution RTC at boot, it starts up to a second behind; each `sample` from the
-  host steps its offset to the host's time, and the answer reports the guest's reading.
+- Time synchronization: `GuestClock` is the guest's wall clock: the host kernel's clock, read
+  through the vDSO's time page (one host-wide, read-only page, updated by the host's timer
+  tick: the role of Hyper-V's reference TSC page; nothing to wake for), plus an offset. Like
+  a VM that reads a one-second-resolution RTC at boot, it starts up to a second behind; the
+  host's `sample` (when the channel opens, and after a pause) steps the offset to the host's
+  time, and the answer reports the guest's reading.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ class HeartbeatClient(ClientDevice):
     def tick(self, now: float) -> None:
         if self.is_open and now >= self.next_beat:
             self.seq += 1
-            self.send_oneway("heartbeat", {"seq": self.seq})
+            self.send_oneway("heartbeat", {"seq": self.seq, "at": now})  # read lazily by the host
             self.next_beat = now + HEARTBEAT_INTERVAL
 
     def next_deadline(self) -> float:

@@ -37,7 +37,7 @@ HEARTBEAT_INTERVAL = 2.0         # Interval = 2000 ms
 HEARTBEAT_ERROR_THRESHOLD = 2    # ErrorThreshold = 2
 HEARTBEAT_LATENCY = 1.0          # Latency = 1000 ms
 HEARTBEAT_LOST_AFTER = HEARTBEAT_ERROR_THRESHOLD * HEARTBEAT_INTERVAL + HEARTBEAT_LATENCY
-TIMESYNC_INTERVAL = 5.0
+TIMESYNC_RETRY = 5.0              # s; a sample still unanswered is retried after this (no periodic sample)
 
 # Key-value exchange limits (Hyper-V: 512-byte keys, 2048-byte values)
 KVP_MAX_KEY_BYTES = 512

@@ -1,18 +1,26 @@
 """Time Synchronization, host side: the worker sends the host's clock as a `sample` when the
-channel opens and every TIMESYNC_INTERVAL; the guest runtime steers its clock offset to it and
-answers with its own reading, from which the worker keeps the last measured skew."""
+channel opens and after the VM was paused (Hyper-V's ICTIMESYNCFLAG_SYNC); the guest runtime
+steps its clock offset to it and answers with its own reading, from which the worker keeps the
+measured skew.
+
+No periodic sample (issue 16): the guest's clock runs off the host kernel's clock (the vDSO's
+read-only time page, shared by every process: worker/guest/integration.py `GuestClock`), so it
+cannot drift from the host between samples, and a step of the host's clock reaches every guest
+at once through that page. A sample only corrects the guest's offset (its RTC at boot, a stale
+view after a pause), so it is sent when that offset can be wrong, never on a timer.
+"""
 from __future__ import annotations
 
 import time
 
-from worker.integration.ic_defs import TIMESYNC, TIMESYNC_INTERVAL
+from worker.integration.ic_defs import TIMESYNC, TIMESYNC_RETRY
 from worker.integration.service import IntegrationService
 
 
 class TimeSyncService(IntegrationService):
     def __init__(self, log):
         super().__init__(TIMESYNC, log)
-        self.next_sample = 0.0
+        self.next_sample = float("inf")   # monotonic time of the next sample; inf: none due
         self.skew: float | None = None
         self.samples = 0
 
@@ -22,9 +30,10 @@ class TimeSyncService(IntegrationService):
 
     def tick(self, now: float) -> None:
         if self.is_open and now >= self.next_sample:
-            self.next_sample = now + TIMESYNC_INTERVAL
             if self.tx.in_flight():
-                return   # the last sample is still unanswered: try again an interval later
+                self.next_sample = now + TIMESYNC_RETRY  # the last one is unanswered: later
+                return
+            self.next_sample = float("inf")
             sent = time.time()
             self.request("sample", {"host_time": sent}, lambda ok, body: self._answer(ok, body, sent))
 
