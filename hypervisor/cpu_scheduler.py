@@ -60,8 +60,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from itertools import islice
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from hypervisor.hypercall_defs import ProcessorSettings
 from hypervisor.runtime.errors import HvError
@@ -85,9 +84,9 @@ class TickResult:
                             # wanting, not held), none capped or reserved; see `tick()`
 
 
-@dataclass(frozen=True)
-class Demand:
-    """Input to `allocate()`, all in CPUs: want <= limit, reserve <= limit."""
+class Demand(NamedTuple):
+    """Input to `allocate()`, all in CPUs: want <= limit, reserve <= limit. (A tuple: one is
+    made per partition at every rate recomputation.)"""
     reserve: float
     limit: float
     want: float
@@ -128,7 +127,7 @@ def allocate(capacity: float, demands: Mapping[str, Demand]) -> dict[str, float]
 class _Partition:
     __slots__ = ("settings", "paused", "stopped", "throttled_since", "wanting", "rate", "acc",
                  "consumed", "throttled", "was_throttled", "debt", "last_usage", "added_at",
-                 "history", "totals", "waited", "last_wait")
+                 "history", "totals", "waited", "last_wait", "recent")
 
     def __init__(self, settings: ProcessorSettings, now: float, usage: float, keep: int):
         self.settings = settings
@@ -148,6 +147,8 @@ class _Partition:
         self.totals = [0.0, 0.0, 0.0]               # entitled, consumed, throttled
         self.waited = 0.0                           # run-queue wait this period, s
         self.last_wait: float | None = None
+        self.recent = 0.0                           # highest use rate (CPUs) of the last
+                                                    # DEMAND_WINDOW periods, kept by note_period
 
     @property
     def count(self) -> int:
@@ -160,9 +161,16 @@ class _Partition:
         limit = self.settings.cap_cpus
         if self.wanting:
             return limit
-        recent = max((c / ln for ln, _, c, _ in islice(reversed(self.history), DEMAND_WINDOW)
-                      if ln > 0), default=0.0)
-        return min(limit, recent * IDLE_MARGIN + (IDLE_HEADROOM * self.count if headroom else 0.0))
+        return min(limit, self.recent * IDLE_MARGIN + (IDLE_HEADROOM * self.count if headroom else 0.0))
+
+    def note_period(self, row: tuple[float, float, float, float]) -> None:
+        """Append a closed period's (length, entitled, consumed, throttled) and refresh `recent`."""
+        history = self.history
+        history.append(row)
+        n = len(history)
+        self.recent = max((history[i][2] / history[i][0]
+                           for i in range(n - 1, max(-1, n - 1 - DEMAND_WINDOW), -1)
+                           if history[i][0] > 0), default=0.0)
 
 
 class CpuScheduler:
@@ -299,9 +307,11 @@ class CpuScheduler:
             if p.throttled_since is not None:
                 p.throttled += (t - p.throttled_since) * p.count
                 p.throttled_since = t
-            p.history.append((t - self._start, entitled, p.consumed, p.throttled))
-            for i, v in enumerate((entitled, p.consumed, p.throttled)):
-                p.totals[i] += v
+            p.note_period((t - self._start, entitled, p.consumed, p.throttled))
+            totals = p.totals
+            totals[0] += entitled
+            totals[1] += p.consumed
+            totals[2] += p.throttled
             # Debt is bounded by one period of the partition's VPs: overrun beyond that was not
             # the partition's doing but the shell's (a late or hung tick: a loaded host, a
             # SIGSTOPped hypervisor), and repaying it would hold the partition stopped for
@@ -423,6 +433,17 @@ class CpuScheduler:
 
     def all_stopped(self) -> frozenset[str]:
         return frozenset(pid for pid, p in self._parts.items() if p.stopped)
+
+    def totals(self, pid: str) -> tuple[float, float, float]:
+        """`stats()`'s cumulative (entitled, consumed, throttled) alone (cheap: the ledger
+        history samples every partition's every second)."""
+        p = self._parts[pid]
+        now = max(self._now, self._mark)
+        throttled = p.throttled
+        if p.throttled_since is not None:
+            throttled += (now - p.throttled_since) * p.count
+        t = p.totals
+        return (t[0] + p.acc + p.rate * (now - self._mark), t[1] + p.consumed, t[2] + throttled)
 
     def stats(self, pid: str, periods: bool = True) -> dict:
         """The ledger of pid; `periods=False` leaves out the per-period rows (cheaper)."""

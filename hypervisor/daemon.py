@@ -88,6 +88,8 @@ class Hypervisor:
         self._frozen: set[str] = set()  # stopped and read since: usage cannot change
         self._cpu_seen: dict[str, float] = {}  # partition id -> its last cumulative CPU reading
         self._rescanned_at: dict[str, float | None] = {}  # ... and that reading at its last rescan
+        self._rescanned_tasks: dict[str, int | None] = {}  # ... and its task count then
+        self._quiet = False      # the last tick was quiet (TickResult.quiet)
         self._outside_mark: tuple[float, float | None, float] | None = None
         self._outside = 0.0
         self._next_rescan = 0.0
@@ -185,6 +187,7 @@ class Hypervisor:
         self._frozen.discard(part.id)
         self._cpu_seen.pop(part.id, None)
         self._rescanned_at.pop(part.id, None)
+        self._rescanned_tasks.pop(part.id, None)
         if probe is not None:
             probe.close()
         self.log.info("partition_freed", partition=part.id, vm_id=part.vm_id, reason=reason)
@@ -260,11 +263,11 @@ class Hypervisor:
 
     def record_history(self) -> None:
         """One ledger sample per partition (every history interval, from the loop)."""
-        cpu, mem = self.cpu, self.memory
+        cpu_totals, mem = self.cpu.totals, self.memory
         totals = {}
         for part in self.partitions:
-            c = cpu.stats(part.id, periods=False)
-            totals[part.id] = (c["entitled"], c["consumed"], c["throttled"],
+            entitled, consumed, throttled = cpu_totals(part.id)
+            totals[part.id] = (entitled, consumed, throttled,
                                mem.assigned(part.id), mem.demand(part.id) or 0)
         self.history.record(time.time(), totals)
 
@@ -287,13 +290,25 @@ class Hypervisor:
         waiting: dict[str, float] = {}
         is_stopped = self.cpu.is_stopped
         frozen = self._frozen
+        task_count = self.cgroups.task_count
+        quiet = self._quiet
         for pid, probe in self._probes.items():
             stopped = is_stopped(pid)
             # A tree that used no CPU since its last rescan cannot have forked (forking takes
             # CPU): skip its walk, so 200 idle partitions cost a pread each, not a walk each.
+            # On a quiet host (nothing capped, reserved or held: nothing to enforce) an idle
+            # guest's beats use CPU too, so there the walk waits for a sign that the tree
+            # changed — its cgroup's task count moved or a member exited (issue 16). The CPU
+            # rule takes over again at the first tick that is not quiet.
             seen = self._cpu_seen.get(pid)
-            if rescan and (seen is None or self._rescanned_at.get(pid, -1.0) != seen):
+            tasks = task_count(pid) if rescan and quiet and not probe.lost_member else None
+            if tasks is not None:
+                walk = tasks != self._rescanned_tasks.get(pid)
+            else:
+                walk = rescan and (seen is None or self._rescanned_at.get(pid, -1.0) != seen)
+            if walk:
                 self._rescanned_at[pid] = seen
+                self._rescanned_tasks[pid] = tasks if tasks is not None else task_count(pid)
                 new = probe.rescan()
                 if new:
                     frozen.discard(pid)
@@ -335,6 +350,7 @@ class Hypervisor:
         for pid in result.cont:
             process_tree.continue_pids(self._members(pid))
         self._wakeup = max(result.next_wakeup, now + QUIET_TICK) if result.quiet else result.next_wakeup
+        self._quiet = result.quiet
         return self._wakeup
 
     def _balance(self, now: float) -> None:
@@ -367,7 +383,8 @@ class Hypervisor:
                 next_wakeup = self._wakeup
                 if self.memory.has_dynamic() or self.cgroups.pending:
                     next_wakeup = min(next_wakeup, self._next_balance)
-                next_wakeup = min(next_wakeup, self._next_history)
+                # the ledger history has no wake-up of its own: it samples at the scheduler's
+                # ticks (every period, or every QUIET_TICK on a quiet host; issue 16)
                 timeout = max(0.0, next_wakeup - time.monotonic())
                 for sock, _ in self.poller.poll(int(timeout * 1000) + (1 if timeout else 0)):
                     if sock is router:

@@ -85,6 +85,7 @@ class PartitionCgroups:
         # partition -> (lower assignment, when to apply it, what releases its pages again)
         self._lowering: dict[str, tuple[int, float, Callable[[], None]]] = {}
         self._limits: dict[str, int] = {}     # the assignment each group's bound was set for
+        self._tasks: dict[str, int] = {}      # partition -> open pids.current (task_count)
         if self.layout is None:
             return
         try:
@@ -123,6 +124,23 @@ class PartitionCgroups:
         self.set_memory(partition_id, assigned)
         for d in self.layout.dirs(partition_id):
             _write(d / "cgroup.procs", str(pid))
+        try:
+            self._tasks[partition_id] = os.open(self.layout.file(partition_id, "pids", "pids.current"),
+                                                os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass
+
+    def task_count(self, partition_id: str) -> int | None:
+        """How many tasks the partition has now (one pread of a kept-open pids.current), or
+        None without one. The hypervisor re-walks an idle partition's tree only when this
+        changes (issue 16)."""
+        fd = self._tasks.get(partition_id)
+        if fd is None:
+            return None
+        try:
+            return int(os.pread(fd, 32, 0))
+        except (OSError, ValueError):
+            return None
 
     def set_memory(self, partition_id: str, assigned: int,
                    reclaim: Callable[[], None] | None = None, now: float | None = None) -> None:
@@ -195,6 +213,9 @@ class PartitionCgroups:
             return
         self._lowering.pop(partition_id, None)
         self._limits.pop(partition_id, None)
+        fd = self._tasks.pop(partition_id, None)
+        if fd is not None:
+            os.close(fd)
         self._removing.add(partition_id)
         self.sweep()
 
@@ -225,6 +246,9 @@ class PartitionCgroups:
     def close(self, wait: float = 1.0) -> None:
         """Remove every group (bounded wait for the last processes to finish exiting)."""
         deadline = time.monotonic() + wait
+        for fd in self._tasks.values():
+            os.close(fd)
+        self._tasks.clear()
         self.sweep()
         self._lowering.clear()
         while self._removing and time.monotonic() < deadline:

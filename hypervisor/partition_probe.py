@@ -78,6 +78,7 @@ class PartitionProbe:
         self._walks: dict[int, _Walk] = {}             # member pid -> its children listing
         self._last: dict[int, tuple[float, float]] = {}  # live member -> last reading
         self._gone = [0.0, 0.0]                        # run, wait of members that exited
+        self.lost_member = False                       # a member exited since the last rescan
         self.rescan()
 
     @property
@@ -125,6 +126,7 @@ class PartitionProbe:
             stack.extend(self._children(pid))
         for pid in [p for p in self._fds if p not in seen]:
             self._drop(pid)
+        self.lost_member = False
         return new
 
     def read(self) -> tuple[float, float]:
@@ -138,6 +140,7 @@ class PartitionProbe:
             except (OSError, ValueError, IndexError):  # exited: keep its last reading
                 (dead := dead or []).append(pid)
         if dead:
+            self.lost_member = True
             for pid in dead:
                 self._drop(pid)
         run, wait = self._gone

@@ -10,6 +10,7 @@ credential or makes a ZeroMQ context, so the guest inherits neither.
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -620,6 +621,7 @@ class Worker:
             self.log.warning("start_failed", code=err.code, error=err.message)
             self.error = {"code": err.code, "message": err.message}
             self.power_off(f"start failed: {err.message}")
+        gc.freeze()   # what start-up built lives as long as the worker: no collection walks it again
         while not self.done:
             wait = max(0.0, self.next_due(time.monotonic()) - time.monotonic())
             for sock, _ in self.poller.poll(int(wait * 1000) + (1 if wait else 0)):

@@ -21,6 +21,7 @@ not in guest RAM: its save is refused.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import selectors
 import signal
@@ -221,7 +222,8 @@ class Guest:
             os.set_blocking(out.fileno(), False)
             poll.register(out, "console")
         wait, handlers, monotonic = poll.epoll.poll, poll.handlers, time.monotonic
-        wake, housekeeping = 0.0, True
+        wake, housekeeping, reap = 0.0, True, True
+        gc.freeze()   # what boot built lives as long as the guest: no collection walks it again
         while self.running:
             now = monotonic()
             if housekeeping or now >= wake:
@@ -250,6 +252,7 @@ class Guest:
                         self.handle(msg)
                 elif handler == "sigchld":
                     signal_wakeup.received(fd)
+                    reap = housekeeping = True   # a child exited: reap it (and only then)
                 elif handler != "console":
                     handler()  # a VMBus channel's doorbell, a TAP
                     housekeeping = housekeeping or not getattr(handler, "fast_path", False)
@@ -268,7 +271,8 @@ class Guest:
                 return 3  # the worker is gone; PDEATHSIG normally got here first
             if not housekeeping and time.monotonic() < wake:
                 continue
-            if self.init:
+            if self.init and reap:
+                reap = False
                 self.reap_orphans()
             code = self.program.exited()
             if code is not None:
