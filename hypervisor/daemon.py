@@ -248,10 +248,14 @@ class Hypervisor:
                 "isolation_mode": self.isolation.mode,
                 "cgroup": self.cgroups.version, "sandbox_uid_base": self.isolation.uid_base or None}
 
-    def partition_stats(self, part: Partition) -> dict:
+    def partition_stats(self, part: Partition, brief: bool = False) -> dict:
         now = time.monotonic()
         out = part.describe()
         out["cpu"] = self.cpu.stats(part.id, periods=False)
+        if brief:   # the ledgers only (list-partitions `brief`: what vmms's views show)
+            mem = self.memory.stats(part.id, now)
+            out["memory"] = mem
+            return out
         out["processor"] = dataclasses.asdict(self.cpu.settings(part.id))
         out["memory_settings"] = dataclasses.asdict(self.memory.settings(part.id))
         mem = self.memory.stats(part.id, now)

@@ -59,6 +59,7 @@ class Vmms:
         self.home = home
         self.log = log
         self.forkserver = forkserver          # made before any ZeroMQ context (DESIGN.md §1)
+        self._forkserver_watched: tuple[int | None, int | None] = (None, None)   # pid, its pidfd
         self.boot = boot                      # host boot: run automatic start actions
         self.store = ConfigStore(home)
         self.vms: dict[str, VmRecord] = {}
@@ -123,6 +124,29 @@ class Vmms:
             except KeyError:
                 pass
 
+    def watch_forkserver(self) -> None:
+        """A pidfd on the current fork-server: its death wakes the loop, which replaces it at
+        once (no liveness poll, so an idle vmms sleeps; issue 16). Re-armed when a launch or
+        the loop replaced it."""
+        pid = self.forkserver.proc.pid
+        if pid == self._forkserver_watched[0]:
+            return
+        old = self._forkserver_watched[1]
+        if old is not None:
+            self.unwatch_fd(old)
+            os.close(old)
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = None   # gone already: the next housekeeping turn replaces it
+        self._forkserver_watched = (pid, fd)
+        if fd is not None:
+            self.watch_fd(fd, self._forkserver_exited)
+
+    def _forkserver_exited(self) -> None:
+        self.forkserver.ensure()
+        self.watch_forkserver()
+
     # --- a VM's lock and configuration -------------------------------------------------------
     def lock(self, rec: VmRecord, op: str, override: bool = False) -> None:
         """Take the VM's lock for `op`; Busy if another op holds it, unless `override` (turning
@@ -182,7 +206,7 @@ class Vmms:
         self._stats_waiters.append((req, build))
         if not self._stats_inflight:
             self._stats_inflight = True
-            self.hv.call(hc.LIST_PARTITIONS, {}, self._on_stats, self.HV_TIMEOUT)
+            self.hv.call(hc.LIST_PARTITIONS, {"brief": True}, self._on_stats, self.HV_TIMEOUT)
         return DEFERRED
 
     def _on_stats(self, ok: bool, res) -> None:
@@ -524,20 +548,24 @@ class Vmms:
                 if events and next_expire > now + self.HOUSEKEEPING_BUSY and self.timers_pending():
                     next_expire = now + self.HOUSEKEEPING_BUSY   # an event set a deadline
                 if now >= next_expire:
-                    next_expire = now + (self.HOUSEKEEPING_BUSY if self.timers_pending()
-                                         else self.HOUSEKEEPING_IDLE)
                     try:
                         self.expire_waiters()
                         self.hv.expire(now)
                         self.forkserver.ensure()
+                        self.watch_forkserver()
                         self.drivers.tick(now)
                     except Exception:
                         self.log.exception("loop_timer_failed")
+                    # after the turn: what it started (a driver host) may have set a deadline
+                    next_expire = now + (self.HOUSEKEEPING_BUSY if self.timers_pending()
+                                         else self.HOUSEKEEPING_IDLE)
         finally:
             self.close()
 
     HOUSEKEEPING_BUSY = 0.1   # s between timer checks while a deadline is pending
-    HOUSEKEEPING_IDLE = 1.0   # s between them when nothing waits (issue 16: an idle host sleeps)
+    # s between them when nothing waits: nothing is due then (a dead fork-server wakes the loop
+    # through its pidfd), so this only bounds the wait (issue 16: an idle host sleeps)
+    HOUSEKEEPING_IDLE = 30.0
 
     def timers_pending(self) -> bool:
         """Anything with a deadline the housekeeping turn enforces: a call to the hypervisor or a
