@@ -35,7 +35,10 @@ class VirtualDevices:
         self.bus = HostBus(worker.vm_id, worker.name, worker.home, self.log, self._send_to_guest,
                            self._watch, self._unwatch)
         self.bus.on_contact = self._on_contact
-        self.heartbeat = HeartbeatService(self.log, worker.on_heartbeat, lambda: worker.heartbeat)
+        self.heartbeat = HeartbeatService(self.log, worker.on_heartbeat, lambda: worker.heartbeat,
+                                          self._share_watchdog)
+        if self.heartbeat.watchdog is not None:
+            self._watch(self.heartbeat.watchdog, worker.on_watchdog)
         self.shutdown = ShutdownService(self.log)
         self.kvp = KvpService(self.log, cfg.get("kvp_host") or {})
         self.timesync = TimeSyncService(self.log)
@@ -72,6 +75,14 @@ class VirtualDevices:
         link = self.worker.link
         return link.send(msg, fds) if link is not None else False
 
+    def _share_watchdog(self, fd: int) -> bool:
+        """Hand the guest the heartbeat watchdog (worker/integration/heartbeat.py)."""
+        return self._send_to_guest({"t": "watchdog"}, [fd])
+
+    def drain_heartbeat(self) -> None:
+        """Read whatever beats wait in the heartbeat ring (when the watchdog fired)."""
+        self.bus.drain_service(self.heartbeat.offer.instance_id)
+
     def on_guest_message(self, msg: dict) -> bool:
         """A link message for VMBus (True) or not ours (False)."""
         if msg.get("t") != VMBUS:
@@ -106,6 +117,9 @@ class VirtualDevices:
 
     def close(self) -> None:
         self.bus.close()
+        if self.heartbeat.watchdog is not None:
+            self._unwatch(self.heartbeat.watchdog)
+            self.heartbeat.close()
         for port in self.com.values():
             port.close()
         self.com.clear()

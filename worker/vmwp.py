@@ -92,6 +92,7 @@ class Worker:
         self.paused_total = 0.0
         self.paused_since: float | None = None
         self.last_beat: float | None = None
+        self.heartbeat_lost = False        # the heartbeat watchdog fired with no fresh beat
         self.heartbeat = "NoContact"
         self.exit_reason: str | None = None
         self.error: dict | None = None
@@ -138,7 +139,7 @@ class Worker:
             hb = "Disabled"
         elif self.state not in (VmState.Running, VmState.Stopping) or self.last_beat is None:
             hb = "NoContact"
-        elif time.monotonic() - self.last_beat > HEARTBEAT_LOST_AFTER:
+        elif self._heartbeat_silent():
             hb = "LostCommunication"
         else:
             hb = "OkApplicationsUnknown"
@@ -149,6 +150,16 @@ class Worker:
                 self.services.heartbeat.set_lazy(hb == "OkApplicationsUnknown")
             self.notify()
 
+    def _watchdog(self) -> bool:
+        return self.services is not None and self.services.heartbeat.watchdog is not None
+
+    def _heartbeat_silent(self) -> bool:
+        """No beat for HEARTBEAT_LOST_AFTER: with the watchdog, it has fired (on_watchdog);
+        without, by the last beat read."""
+        if self._watchdog():
+            return self.heartbeat_lost
+        return time.monotonic() - self.last_beat > HEARTBEAT_LOST_AFTER
+
     def refresh_heartbeat(self) -> None:
         self._update_heartbeat()
 
@@ -156,7 +167,8 @@ class Worker:
         """When the loop must next wake up with no event: the heartbeat's loss deadline, a
         stop, save or boot deadline, or a device's timer — never a fixed tick (issue 16)."""
         due = now + IDLE_WAIT
-        if self.heartbeat == "OkApplicationsUnknown" and self.last_beat is not None:
+        if self.heartbeat == "OkApplicationsUnknown" and self.last_beat is not None \
+                and not self._watchdog():   # with it, its timer is the deadline (a descriptor)
             due = min(due, self.last_beat + HEARTBEAT_LOST_AFTER + 0.001)
         # the devices' tick (timers, and a drain of every channel that bounds a lost wake-up)
         # runs when one of their timers is due or before the heartbeat could be called lost
@@ -334,9 +346,30 @@ class Worker:
         first = self.last_beat is None
         now = time.monotonic()
         # the first beat (and any while the status is not OK) comes with a signal: read now
-        self.last_beat = now if first or at is None else max(self.last_beat, min(at, now))
+        self._beat_seen(now if first or at is None else max(self.last_beat, min(at, now)))
         if first:
             self.guest_ready()
+        self._update_heartbeat()
+
+    def _beat_seen(self, at: float) -> None:
+        """The guest was alive at `at`: the watchdog fires HEARTBEAT_LOST_AFTER later unless
+        the guest pushes it on (worker/integration/heartbeat.py)."""
+        self.last_beat = at
+        self.heartbeat_lost = False
+        if self.services is not None:
+            self.services.heartbeat.arm(at + HEARTBEAT_LOST_AFTER + 0.001)
+
+    def on_watchdog(self) -> None:
+        """The heartbeat watchdog fired: HEARTBEAT_LOST_AFTER without a beat pushing it on —
+        unless a beat waits in the ring (a guest that only writes beats there)."""
+        if not self.services.heartbeat.fired():
+            return
+        self.services.drain_heartbeat()       # a fresh beat re-arms it (on_heartbeat)
+        now = time.monotonic()
+        if self.last_beat is not None and now - self.last_beat > HEARTBEAT_LOST_AFTER:
+            self.heartbeat_lost = True
+            # one-shot again, far away: a guest that set it repeating cannot keep us awake
+            self.services.heartbeat.arm(now + IDLE_WAIT)
         self._update_heartbeat()
 
     def guest_ready(self) -> None:
@@ -464,7 +497,7 @@ class Worker:
         if self.paused_since is not None:
             self.paused_total += time.time() - self.paused_since
             self.paused_since = None
-        self.last_beat = time.monotonic()  # the guest was frozen, not lost
+        self._beat_seen(time.monotonic())  # the guest was frozen, not lost
         if self.services is not None:
             self.services.resumed()
 

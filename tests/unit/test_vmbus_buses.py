@@ -75,7 +75,7 @@ class HeldEcho(HostService):
 
 
 class Rig:
-    def __init__(self, ignore_shutdown=False, heartbeat=True):
+    def __init__(self, ignore_shutdown=False, heartbeat=True, watchdog=False):
         self.log = ListLog()
         a, b = pair()
         self.host_link, self.guest_link = GuestLink(a), GuestLink(b, accept_fds=True)
@@ -84,7 +84,8 @@ class Rig:
                            lambda msg, fds: self.host_link.send(msg, fds),
                            self.host_fds.__setitem__, lambda fd: self.host_fds.pop(fd, None))
         self.beats = 0
-        self.heartbeat = HeartbeatService(self.log, self._beat, lambda: "OkApplicationsUnknown")
+        share = (lambda fd: self.host_link.send({"t": "watchdog"}, [fd])) if watchdog else None
+        self.heartbeat = HeartbeatService(self.log, self._beat, lambda: "OkApplicationsUnknown", share)
         self.shutdown = ShutdownService(self.log)
         self.kvp = KvpService(self.log, {"from-host": "1"})
         self.timesync = TimeSyncService(self.log)
@@ -104,7 +105,10 @@ class Rig:
             for msg in self.host_link.receive():
                 self.bus.on_guest_message(msg)
             for msg in self.guest_link.receive():
-                self.services.on_link_message(msg)
+                if msg.get("t") == "watchdog":
+                    self.services.set_watchdog(msg["fds"])
+                else:
+                    self.services.on_link_message(msg)
             for cb in list(self.host_fds.values()):
                 cb()
             for cb in list(self.guest_fds.values()):
@@ -154,6 +158,29 @@ def test_heartbeat_is_read_lazily_once_masked_and_at_once_when_unmasked():
     assert rig.beats == beats + 2
     beater.tick(beater.next_beat)                  # unmasked: the guest signals again
     assert _readable(bell)
+
+
+def test_heartbeat_watchdog_is_pushed_on_by_beats_and_fires_on_silence():
+    rig = Rig(watchdog=True)
+    rig.pump()
+    assert rig.beats >= 1 and rig.services.watchdog is not None   # the guest holds the timer
+    beater = rig.services.bus.device(CLASS_IDS[HEARTBEAT])
+    host_timer, ring = rig.heartbeat.watchdog, rig.heartbeat.endpoint.ring.inp
+    rig.heartbeat.set_lazy(True)                   # status OK: the host stops listening
+    beats = rig.beats
+    rig.heartbeat.arm(time.monotonic() + 0.05)     # the deadline the host set at its last read
+    beater.tick(beater.next_beat)                  # a beat pushes it 5 s on ...
+    assert ring.is_empty()                         # ... and writes nothing the host must read
+    assert not select.select([host_timer], [], [], 0.2)[0] and not rig.heartbeat.fired()
+    rig.heartbeat.arm(time.monotonic() + 0.05)     # silence: the timer fires
+    assert select.select([host_timer], [], [], 2.0)[0] and rig.heartbeat.fired()
+    assert not rig.heartbeat.fired()               # cleared
+    rig.heartbeat.set_lazy(False)                  # LostCommunication: the host listens again
+    beater.tick(beater.next_beat)
+    assert not ring.is_empty() and _readable(rig.heartbeat.endpoint.fileno())
+    rig.pump(2)
+    assert rig.beats == beats + 1
+    rig.heartbeat.close()
 
 
 def test_timesync_samples_at_open_and_after_a_resync_only():

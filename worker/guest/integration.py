@@ -1,9 +1,11 @@
 """Integration services, guest side, and `GuestServices`: the guest runtime's VMBus, its
 integration-service clients, its console and any guest program that uses a device.
 
-- Heartbeat: a one-way `heartbeat` {seq, at} as soon as the channel opens, then every
-  HEARTBEAT_INTERVAL. The worker's first beat makes the VM Running; later beats it reads
-  lazily, at its loss deadline, using `at` (worker/integration/heartbeat.py).
+- Heartbeat: a beat as soon as the channel opens, then every HEARTBEAT_INTERVAL: it pushes the
+  host's watchdog timer on (a descriptor the worker sent), and writes a one-way `heartbeat`
+  {seq, at} to the ring only while the host listens (its interrupts unmasked: before the first
+  beat, after a loss) or when there is no watchdog (worker/integration/heartbeat.py). The
+  worker's first beat makes the VM Running.
 - Shutdown: answers `shutdown` by accepting and shutting the guest down — except the
   `no-shutdown` program, which never answers (for testing the host's timeout).
 - Key-value exchange: keeps the host pool (`sync`, `set`, `remove` requests) and publishes the
@@ -18,12 +20,15 @@ integration-service clients, its console and any guest program that uses a devic
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable
 
+from hypervisor.runtime import timerfd
 from worker.guest.vmbus_client import ClientDevice, GuestBus
-from worker.integration.ic_defs import (CLASS_IDS, HEARTBEAT, HEARTBEAT_INTERVAL, IC_VERSION, KVP,
-                                        KVP_MAX_ITEMS, SHUTDOWN, TIMESYNC, batches, valid_item)
+from worker.integration.ic_defs import (CLASS_IDS, HEARTBEAT, HEARTBEAT_INTERVAL, HEARTBEAT_LOST_AFTER,
+                                        IC_VERSION, KVP, KVP_MAX_ITEMS, SHUTDOWN, TIMESYNC, batches,
+                                        valid_item)
 from worker.vmbus.channel import Offer
 
 RUNTIME_VERSION = "1.0"
@@ -32,10 +37,11 @@ RUNTIME_VERSION = "1.0"
 class HeartbeatClient(ClientDevice):
     versions = (IC_VERSION,)
 
-    def __init__(self, bus: GuestBus, offer: Offer):
+    def __init__(self, bus: GuestBus, offer: Offer, watchdog: Callable[[], int | None] = lambda: None):
         super().__init__(bus, offer)
         self.seq = 0
         self.next_beat = float("inf")
+        self.watchdog = watchdog   # the host's heartbeat timer, once it sent one
 
     def opened(self) -> None:
         self.next_beat = 0.0
@@ -47,8 +53,20 @@ class HeartbeatClient(ClientDevice):
     def tick(self, now: float) -> None:
         if self.is_open and now >= self.next_beat:
             self.seq += 1
-            self.send_oneway("heartbeat", {"seq": self.seq, "at": now})  # read lazily by the host
+            pushed = self._push_watchdog(now + HEARTBEAT_LOST_AFTER + 0.001)
+            if not pushed or not self.endpoint.ring.out.interrupts_masked():
+                self.send_oneway("heartbeat", {"seq": self.seq, "at": now})  # the host wants it
             self.next_beat = now + HEARTBEAT_INTERVAL
+
+    def _push_watchdog(self, when: float) -> bool:
+        fd = self.watchdog()
+        if fd is None:
+            return False
+        try:
+            timerfd.arm_at(fd, when)
+            return True
+        except OSError:
+            return False
 
     def next_deadline(self) -> float:
         return self.next_beat
@@ -153,7 +171,8 @@ class GuestServices:
             "OSVersion": RUNTIME_VERSION, "IntegrationServicesVersion": RUNTIME_VERSION}
         self.host_listeners: list[Callable[[dict[str, str], list[str]], None]] = []
         self.bus = GuestBus(guest.link, watch, unwatch, self.note)
-        self.bus.register(CLASS_IDS[HEARTBEAT], HeartbeatClient)
+        self.watchdog: int | None = None   # the host's heartbeat timer (set_watchdog)
+        self.bus.register(CLASS_IDS[HEARTBEAT], lambda b, o: HeartbeatClient(b, o, lambda: self.watchdog))
         self.bus.register(CLASS_IDS[SHUTDOWN], lambda b, o: ShutdownClient(b, o, guest.on_shutdown_request))
         self.bus.register(CLASS_IDS[KVP], lambda b, o: KvpClient(b, o, self.guest_pool, self._host_change))
         self.bus.register(CLASS_IDS[TIMESYNC], lambda b, o: TimeSyncClient(b, o, self.clock))
@@ -162,6 +181,16 @@ class GuestServices:
 
     def start(self) -> None:
         self.bus.contact()
+
+    def set_watchdog(self, fds: list[int]) -> None:
+        """The host's heartbeat watchdog arrived (a `watchdog` link message): keep the first
+        descriptor (replacing an older one), close any other."""
+        for extra in fds[1:]:
+            os.close(extra)
+        if fds:
+            if self.watchdog is not None:
+                os.close(self.watchdog)
+            self.watchdog = fds[0]
 
     def note(self, text: str) -> None:
         if self.console is not None:

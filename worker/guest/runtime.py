@@ -328,6 +328,8 @@ class Guest:
                 program.unquiesce()
         elif kind == "vmbus":
             self.services.on_link_message(msg)
+        elif kind == "watchdog":
+            self.services.set_watchdog(list(msg.get("fds") or ()))
         elif kind == "hypercall-reply":
             if self.memory is not None and isinstance(msg.get("result"), dict):
                 self.memory.on_report_reply(msg["result"])

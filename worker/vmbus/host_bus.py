@@ -334,6 +334,13 @@ class HostBus:
         except HvError as exc:
             self.fail_channel(cid, f"{service.name}: {exc.message}")
 
+    def drain_service(self, instance_id: str) -> None:
+        """Read what waits on a local service's channel now (a service that reads lazily)."""
+        service = self.services.get(instance_id)
+        ch = self._live_channel(instance_id)
+        if service is not None and service.endpoint is not None and ch is not None:
+            self._service_readable(service, ch.channel_id)
+
     def fail_channel(self, cid: int, reason: str) -> None:
         """A guest broke a channel's protocol: close that channel only, and rescind it."""
         try:

@@ -220,6 +220,10 @@ class RingWriter:
         self._words, self._data, self._size = ring._words, ring._data, ring.data_size
         self._max_payload = ring.max_payload
 
+    def interrupts_masked(self) -> bool:
+        """The reader masked interrupts (it polls this ring: a write will not be signalled)."""
+        return bool(self.ring.load(_INTERRUPT_MASK))
+
     def free_bytes(self) -> int:
         """Bytes a new packet may use now (a full ring keeps one 8-byte slot unused)."""
         r = self.ring
