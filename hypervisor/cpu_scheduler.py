@@ -170,9 +170,12 @@ class _Partition:
         history = self.history
         history.append(row)
         n = len(history)
-        self.recent = max((history[i][2] / history[i][0]
-                           for i in range(n - 1, max(-1, n - 1 - DEMAND_WINDOW), -1)
-                           if history[i][0] > 0), default=0.0)
+        recent = 0.0
+        for i in range(n - DEMAND_WINDOW if n > DEMAND_WINDOW else 0, n):
+            length, _, consumed, _ = history[i]
+            if length > 0 and consumed / length > recent:
+                recent = consumed / length
+        self.recent = recent
 
 
 class CpuScheduler:
@@ -304,15 +307,17 @@ class CpuScheduler:
         # Stay on the grid unless whole periods were missed; then restart the grid at now.
         late = now >= self._end + self.period
         t = now if late else min(now, self._end)  # now may be a hair before end (float noise)
+        mark, length, period, contended = self._mark, t - self._start, self.period, self._contended
         for p in self._parts.values():
-            entitled = p.acc + p.rate * (t - self._mark)
+            settings, consumed = p.settings, p.consumed
+            entitled = p.acc + p.rate * (t - mark)
             if p.throttled_since is not None:
                 p.throttled += (t - p.throttled_since) * p.count
                 p.throttled_since = t
-            p.note_period((t - self._start, entitled, p.consumed, p.throttled))
+            p.note_period((length, entitled, consumed, p.throttled))
             totals = p.totals
             totals[0] += entitled
-            totals[1] += p.consumed
+            totals[1] += consumed
             totals[2] += p.throttled
             # Debt is bounded by one period of the partition's VPs: overrun beyond that was not
             # the partition's doing but the shell's (a late or hung tick: a loaded host, a
@@ -321,21 +326,22 @@ class CpuScheduler:
             # ... and by one period of its own rate (at least IDLE_BURST per VP): an idle guest
             # entitled to 0.01 CPU that overran by a tick while booting would otherwise be held
             # stopped for ten seconds, and lose its heartbeat (issue 16: 200 VMs starting).
-            cap = min(p.settings.count * self.period,
-                      max(p.rate * self.period, IDLE_BURST * p.settings.count))
-            p.debt = min(max(0.0, p.debt + p.consumed - entitled), cap)
-            if not self._contended and p.settings.maximum >= 100 and p.settings.reserve <= 0:
+            if not contended and settings.maximum >= 100 and settings.reserve <= 0:
                 p.debt = 0.0   # a share's debt only matters while others wait for the CPU
+            else:
+                count = settings.count
+                cap = min(count * period, max(p.rate * period, IDLE_BURST * count))
+                p.debt = min(max(0.0, p.debt + consumed - entitled), cap)
             # Entitled to nothing (just resumed, Maximum 0, starved) also counts as wanting.
             # Runnable but starved by the host (run-queue wait) is wanting too: without it a
             # partition crowded out by load outside the partitions looks idle and loses its share.
             # Starved counts only if running the time it waited would have reached its
             # entitlement: an idle guest that waits on a busy host's run queue at each of its
             # rare wake-ups is not asking for more (issue 16: 200 idle VMs on a loaded host).
-            p.wanting = not p.paused and (p.was_throttled or
-                                          p.consumed >= WANT_FRACTION * entitled - _EPS or
-                                          (p.waited > STARVED_FRACTION * (t - self._start) > 0 and
-                                           p.consumed + p.waited >= WANT_FRACTION * entitled - _EPS))
+            want = WANT_FRACTION * entitled - _EPS
+            p.wanting = not p.paused and (p.was_throttled or consumed >= want or
+                                          (p.waited > STARVED_FRACTION * length > 0 and
+                                           consumed + p.waited >= want))
             p.acc = p.consumed = p.throttled = p.waited = 0.0
             p.was_throttled = p.throttled_since is not None
             p.bursting = False
