@@ -365,11 +365,8 @@ class Worker:
         if not self.services.heartbeat.fired():
             return
         self.services.drain_heartbeat()       # a fresh beat re-arms it (on_heartbeat)
-        now = time.monotonic()
-        if self.last_beat is not None and now - self.last_beat > HEARTBEAT_LOST_AFTER:
+        if self.services.heartbeat.settle(self.last_beat, time.monotonic(), IDLE_WAIT):
             self.heartbeat_lost = True
-            # one-shot again, far away: a guest that set it repeating cannot keep us awake
-            self.services.heartbeat.arm(now + IDLE_WAIT)
         self._update_heartbeat()
 
     def guest_ready(self) -> None:

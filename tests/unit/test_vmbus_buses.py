@@ -4,12 +4,14 @@ refusal, rescind and re-offer with re-issue, failed devices, and a guest that wr
 into a ring (fuzzed)."""
 from __future__ import annotations
 
+import ctypes
 import select
 import struct
 import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from hypervisor.runtime import timerfd
 from hypervisor.runtime.paths import Home
 from worker.guest.integration import GuestServices
 from worker.guest.vmbus_client import ClientDevice
@@ -180,6 +182,25 @@ def test_heartbeat_watchdog_is_pushed_on_by_beats_and_fires_on_silence():
     assert not ring.is_empty() and _readable(rig.heartbeat.endpoint.fileno())
     rig.pump(2)
     assert rig.beats == beats + 1
+    rig.heartbeat.close()
+
+
+def test_a_guest_that_sets_the_shared_watchdog_repeating_buys_one_worker_wake_up():
+    """The guest holds the worker's heartbeat timer (a shared descriptor). A hostile guest sets it
+    to fire every millisecond; each time the worker settles a firing it re-arms the timer
+    one-shot at its own deadline, so the worker is not kept awake and no loss is invented."""
+    rig = Rig(watchdog=True)
+    rig.pump()
+    host_timer = rig.heartbeat.watchdog
+    now = time.monotonic()
+    spec = timerfd._Itimerspec(timerfd._Timespec(0, 1_000_000), timerfd._Timespec(0, 1_000_000))
+    assert timerfd._libc.timerfd_settime(rig.services.watchdog, 0, ctypes.byref(spec), None) == 0
+    assert select.select([host_timer], [], [], 1.0)[0] and rig.heartbeat.fired()
+    assert rig.heartbeat.settle(now, time.monotonic(), far=30.0) is False    # beat 1 ms ago: alive
+    assert not select.select([host_timer], [], [], 0.3)[0]     # one-shot again, 5 s out: quiet
+    assert rig.heartbeat.settle(time.monotonic() - 6.0, time.monotonic(), far=30.0) is True
+    assert rig.heartbeat.settle(None, time.monotonic(), far=30.0) is False   # no beat yet: NoContact
+    assert not select.select([host_timer], [], [], 0.1)[0]
     rig.heartbeat.close()
 
 

@@ -29,7 +29,7 @@ import os
 from typing import Callable
 
 from hypervisor.runtime import timerfd
-from worker.integration.ic_defs import HEARTBEAT
+from worker.integration.ic_defs import HEARTBEAT, HEARTBEAT_LOST_AFTER
 from worker.integration.service import IntegrationService
 from worker.vmbus.transport import ring_doorbell
 
@@ -82,6 +82,18 @@ class HeartbeatService(IntegrationService):
     def fired(self) -> bool:
         """Clear the watchdog; True if it had fired."""
         return self.watchdog is not None and timerfd.clear(self.watchdog) > 0
+
+    def settle(self, last_beat: float | None, now: float, far: float) -> bool:
+        """After the watchdog fired and the ring was drained: True if the guest is lost (no beat
+        for HEARTBEAT_LOST_AFTER). Either way the timer is re-armed one-shot — the guest holds it
+        too, and one that set it early or repeating must buy at most one wake-up of the worker
+        per system call it makes, as with a doorbell. A live guest pushes it on past our own
+        deadline at its next beat."""
+        if last_beat is not None and now - last_beat <= HEARTBEAT_LOST_AFTER:
+            self.arm(last_beat + HEARTBEAT_LOST_AFTER + 0.001)
+            return False
+        self.arm(now + far)
+        return last_beat is not None
 
     def opened(self) -> None:
         self.masked = False      # a new ring: interrupts on until the first beat
