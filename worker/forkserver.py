@@ -18,19 +18,26 @@ import signal
 import socket
 import sys
 
+import setproctitle
+import zmq  # noqa: F401  (imported for the workers, never instantiated here)
+
+import hypervisor.runtime.rpc_client  # noqa: F401  (preload: every fork inherits these pages)
+import hypervisor.runtime.rpc_server  # noqa: F401
+from hypervisor.runtime import logging_setup
 from hypervisor.runtime.packet_socket import receive_messages, send_message
+from hypervisor.runtime.paths import Home
 from hypervisor.runtime.process_tree import reap_children
 from hypervisor.runtime.sandbox import set_not_dumpable
+from worker.vmwp import worker_main
 from worker.worker_defs import LAUNCH_KEYS
 
 MAX_LAUNCH = 4 << 20   # a launch carries the VM's host KVP pool: up to 1024 items of 2.5 KB
 
 
-def serve(sock: socket.socket) -> None:
-    # The preload is the fork-server's point, done here so that importing this module stays cheap:
-    from worker.vmwp import worker_main  # preload: every fork inherits these pages
-    import hypervisor.runtime.rpc_client, hypervisor.runtime.rpc_server, hypervisor.runtime.logging_setup  # noqa: F401,E401
-    import zmq  # noqa: F401  (imported, never instantiated here)
+def serve(sock: socket.socket, home: Home) -> None:
+    # The workers' log, set up once here (and one line written through it): each worker only
+    # binds its own pid (logging_setup.inherited).
+    logging_setup.configure(home.logs_dir, "vmwp", warm="worker_forkserver_ready")
     sock.setblocking(False)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
@@ -55,6 +62,10 @@ def serve(sock: socket.socket) -> None:
                     sock.close()
                     os.setsid()  # killing or restarting vmms must never reach the VM
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    # no collection while the worker starts (what it allocates then lives as
+                    # long as it does); the worker freezes it all and collects again once its
+                    # VM runs (Worker.guest_ready)
+                    gc.disable()
                     worker_main(launch)
                 finally:
                     os._exit(1)
@@ -64,12 +75,11 @@ def serve(sock: socket.socket) -> None:
 
 
 def main() -> None:
-    import setproctitle
     fd, home = int(sys.argv[1]), sys.argv[2]
     setproctitle.setproctitle(f"vmms-forkserver {home}")
     set_not_dumpable()  # it and every vmwp it forks: no /proc/<pid>/mem, no ptrace
     os.umask(0o077)
-    serve(socket.socket(fileno=fd))
+    serve(socket.socket(fileno=fd), Home.resolve(home))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ not in guest RAM: its save is refused.
 """
 from __future__ import annotations
 
-import ctypes
+import gc
 import os
 import selectors
 import signal
@@ -28,6 +28,7 @@ import time
 
 import setproctitle
 
+from hypervisor.runtime import sandbox as sb
 from hypervisor.runtime import signal_wakeup
 from hypervisor.runtime.read_poll import MAX_EVENTS, ReadPoll
 from worker.guest import device_programs
@@ -42,12 +43,10 @@ from worker.guest_link import GuestLink
 BOOT_TIMEOUT = 30.0
 IDLE_WAIT = 30.0      # s; the longest the loop sleeps with nothing due (heartbeats come sooner)
 BUSY_WAIT = 0.25      # s; while a save quiesces or console input waits for the command's stdin
-PR_SET_PDEATHSIG = 1
 
 
 def set_pdeathsig(sig: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    sb.set_pdeathsig(sig)
 
 
 def isolate(link_fd: int, expected_parent: int) -> None:
@@ -339,9 +338,9 @@ class Guest:
                 os.close(fd)  # descriptors nobody asked for
 
 
-def enter_sandbox(sandbox: dict | None) -> None:
-    """The partition's sandbox (hypervisor/runtime/sandbox.py); exit rather than run without."""
-    from hypervisor.runtime import sandbox as sb
+def enter_sandbox(sandbox: dict | None) -> bool:
+    """The partition's sandbox (hypervisor/runtime/sandbox.py); exit rather than run without.
+    True when its user namespace's id maps are the worker's to write (Full isolation)."""
     sandbox = sandbox or {"mode": "None"}
     try:
         plan = sb.partition_plan(sandbox.get("mode") or "None", sandbox.get("uid"),
@@ -350,19 +349,28 @@ def enter_sandbox(sandbox: dict | None) -> None:
         sb.apply(plan)
     except (OSError, ValueError):
         os._exit(4)
+    return plan.maps_by_parent
 
 
 def guest_main(link_sock, name: str, vm_id: str, expected_parent: int,
                sandbox: dict | None = None) -> None:
     """Entry of the vmmem process; never returns."""
+    gc.disable()   # no collection while it starts; frozen and enabled once booted
     # the title first: setproctitle needs the environment that isolate() clears
     setproctitle.setproctitle(f"vmmem {name} {vm_id}")
     isolate(link_sock.fileno(), expected_parent)
-    enter_sandbox(sandbox)
+    maps_by_parent = enter_sandbox(sandbox)
     code = 1
     try:
-        guest = Guest(GuestLink(link_sock, accept_fds=True), name, vm_id)
-        guest.boot(guest.wait_boot())
+        link = GuestLink(link_sock, accept_fds=True)
+        link.send({"t": "sandboxed"})   # the worker writes our id maps (Full), then boots us
+        guest = Guest(link, name, vm_id)
+        boot = guest.wait_boot()
+        if maps_by_parent and os.getuid() != 0:
+            os._exit(4)   # no id maps: the sandbox is not what it should be; run nothing
+        guest.boot(boot)
+        gc.freeze()
+        gc.enable()
         code = guest.run()
     finally:
         os._exit(code)
