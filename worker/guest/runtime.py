@@ -153,6 +153,9 @@ class Guest:
                 self.memory.target = int(restored.get("target") or 0)
         self.start_program(restored.get("spec") if restored else msg["program"],
                            int(msg.get("vps", 1)), restored)
+        # VMBus contact first (the worker answers with its offers; the first heartbeat follows),
+        # then the console's boot lines, which the worker writes to console.log meanwhile
+        self.services.start()
         if self.program.command is not None:
             self.console_in = CommandInput(self.program.command.stdin)  # COM1 is its stdin/stdout
         else:
@@ -160,7 +163,6 @@ class Guest:
             self.services.console.log(f"hvemu guest runtime: {self.name} booted, program {self.spec}")
             if net_note:
                 self.services.console.log(net_note)
-        self.services.start()  # VMBus contact: the worker answers with its offers
 
     def start_program(self, spec_text: str, vps: int, restored: dict | None = None) -> None:
         self.spec = parse_spec(spec_text)
