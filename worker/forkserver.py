@@ -46,7 +46,7 @@ MAX_LAUNCH = 4 << 20   # a launch carries the VM's host KVP pool: up to 1024 ite
 SPARE_CHECK = 60.0     # s; a spare waiting for its launch looks whether its fork-server lives
 
 
-def _worker_child(home: Home) -> None:
+def _worker_child() -> None:
     """In a freshly forked worker (or spare), before its launch."""
     os.setsid()  # killing or restarting vmms must never reach the VM
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -90,7 +90,7 @@ class Spares:
                 ours.close()
                 for thing in self.closing:
                     thing.close()
-                _worker_child(self.home)
+                _worker_child()
                 setproctitle.setproctitle(f"vmwp-spare {self.home.root}")
                 theirs.setblocking(False)
                 launch = _await_launch(theirs, server)
@@ -141,14 +141,14 @@ def serve(sock: socket.socket, home: Home) -> None:
                 continue
             pid = spares.take(launch)
             if pid is None:
-                pid = fork_worker(launch, home, [sel, sock, spares.sock])
+                pid = fork_worker(launch, [sel, sock, spares.sock])
             send_message(sock, {"pid": pid})
         if closed:
             return  # vmms is gone (the spare reads EOF and exits)
         spares.fork()   # the next start finds one ready
 
 
-def fork_worker(launch: dict, home: Home, closing: list) -> int:
+def fork_worker(launch: dict, closing: list) -> int:
     """Fork a worker for `launch` on the spot (no spare ready)."""
     # Freeze what is imported so far: a child's garbage collection then never touches
     # (and so never copies) the pages it shares with this process.
@@ -159,7 +159,7 @@ def fork_worker(launch: dict, home: Home, closing: list) -> int:
             for thing in closing:
                 if thing is not None:
                     thing.close()
-            _worker_child(home)
+            _worker_child()
             worker_main(launch)
         finally:
             os._exit(1)

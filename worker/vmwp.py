@@ -211,9 +211,12 @@ class Worker:
             if any(msg.get("t") == "sandboxed" for msg in link.receive()):
                 break
             left = deadline - time.monotonic()
-            if link.closed or left <= 0:
-                raise HvError("Internal", f"the guest of VM '{self.name}' did not enter its "
-                                          f"sandbox ({'it exited' if link.closed else 'timeout'})")
+            if link.closed:   # an outcome of the start, not an internal fault
+                raise HvError("InvalidState", f"VM '{self.name}' stopped while starting: its "
+                                              "guest exited while entering its sandbox")
+            if left <= 0:
+                raise HvError("Timeout", f"the guest of VM '{self.name}' did not enter its "
+                                         f"sandbox within {SANDBOX_TIMEOUT:g} s")
             select.select([link.fileno()], [], [], left)
         sb = self.sandbox
         if sb.get("mode") == "Full":
