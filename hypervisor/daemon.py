@@ -102,7 +102,7 @@ class Hypervisor:
 
     # --- partitions ---------------------------------------------------------------------------
     def create_partition(self, vm_id, name, worker_pid, processor: ProcessorSettings,
-                         memory: MemorySettings) -> dict:
+                         memory: MemorySettings, guest_pid: int | None = None) -> dict:
         if not psutil.pid_exists(worker_pid):
             raise HvError("BadRequest", f"worker process {worker_pid} does not exist")
         processor.validate(self.host_cpus)
@@ -139,6 +139,12 @@ class Hypervisor:
         self.history.add(part.id, time.time())
         self.log.info("partition_created", partition=part.id, vm_id=vm_id, vm_name=name,
                       memory=assigned, processor=processor.__dict__)
+        if guest_pid is not None:
+            try:
+                self.attach_guest(part.id, guest_pid)
+            except BaseException:
+                self.free_partition(part, "its guest could not be attached")
+                raise
         return {"partition_id": part.id, "credential": part.credential,
                 "memory_path": part.memory.path, "memory_size": assigned,
                 "memory_map_size": map_size}

@@ -278,6 +278,8 @@ class Vmms:
     def driver_failures(self, rec: VmRecord) -> dict[str, str]:
         """{driver: reason} for each driver the VM's devices need that cannot serve them."""
         wanted = {d["driver"] for d in vm_devices(rec)}
+        if not wanted:
+            return {}   # (reading the installed entry points costs ~4 ms: not on every start)
         out = {n: r for n, r in self.drivers.failures().items() if n in wanted}
         installed = registry.installed()
         for name in wanted - set(installed):

@@ -11,22 +11,29 @@ credential or makes a ZeroMQ context, so the guest inherits neither.
 from __future__ import annotations
 
 import gc
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 
 import setproctitle
+import zmq
 
 from hypervisor import hypercall_defs as hc
+from hypervisor.runtime import logging_setup
 from hypervisor.runtime import sandbox as sandbox_calls
 from hypervisor.runtime import process_tree, signal_wakeup
 from hypervisor.runtime.errors import HvError
-from hypervisor.runtime.logging_setup import configure
+from hypervisor.runtime.limits import CONSOLE_LOG_BYTES, CONSOLE_LOG_FILES
+from hypervisor.runtime.log_rotation import RotatingFile
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile, read_pid
-from worker import guest_link
+from hypervisor.runtime.rpc_client import RpcClient
+from hypervisor.runtime.rpc_server import DEFERRED, RpcServer, bind_router
+from worker import guest_link, saved_state_file
 from worker.guest.runtime import guest_main
 from worker.integration.ic_defs import HEARTBEAT_LOST_AFTER
 from worker.virtual_devices import VirtualDevices
@@ -37,6 +44,7 @@ SAVE_QUIESCE_TIMEOUT = 10.0
 TRANSITION_TICK = 0.25   # s; the devices' tick while the VM starts, stops or saves
 IDLE_WAIT = 30.0          # s; the longest the loop sleeps when nothing is due (every wait bounded)
 BOOT_DEADLINE = 30.0
+SANDBOX_TIMEOUT = 10.0    # s; the guest enters its sandbox while the partition is created
 RELAY_PER_SECOND = 50     # child-partition hypercalls a guest may send per second (it reports every 0.5 s)
 
 
@@ -62,7 +70,6 @@ def fork_guest(name: str, vm_id: str, sandbox: dict) -> tuple[int, guest_link.Gu
 
 def exec_guest(name: str, vm_id: str, sandbox: dict) -> tuple[int, guest_link.GuestLink]:
     """Start a guest by fork+exec (after a reset, when this process already has threads)."""
-    import json
     ours, theirs = guest_link.pair()
     with sandbox_calls.pid_ns_for_children(sandbox["mode"] == "Full"):
         proc = subprocess.Popen(
@@ -81,7 +88,10 @@ class Worker:
         self.home, self.vm_id, self.name, self.config = home, vm_id, name, config
         self.sandbox = sandbox or guest_sandbox(home, name, None)
         self.sandbox_slot = sandbox_slot
+        self.hv: RpcClient | None = None   # hypercalls as the root partition
         self.child_hv = None               # the guest's hypercalls, relayed with its credential
+        self.restore: str | None = None    # the saved state this start restores, and its meta
+        self.restore_meta: dict | None = None
         self.relay_window = [0.0, 0]       # [window start, hypercalls relayed in it]
         self.log = log.bind(vm_id=vm_id, vm_name=name)
         self.state = VmState.Starting
@@ -188,45 +198,69 @@ class Worker:
         return min(due, self.tick_due)
 
     # --- partition and guest --------------------------------------------------------------
-    def boot(self, guest_pid: int, link: guest_link.GuestLink) -> None:
-        """Create the partition, attach the (already forked) guest, and tell it to boot."""
-        self.guest_pid, self.link = guest_pid, link
-        self.poller.register(link.fileno(), self.zmq.POLLIN)
-        self.guest_fd = os.pidfd_open(guest_pid)
-        self.poller.register(self.guest_fd, self.zmq.POLLIN)
+    def create_partition(self, guest_pid: int):
+        """Send create-partition (attaching the already forked guest in the same hypercall) and
+        return a function that waits for its answer: the hypervisor's part — admission, guest
+        RAM, the cgroup the guest moves into, whose migration waits for an RCU grace period —
+        overlaps this worker's own set-up and the guest's sandbox (issue 16)."""
         cfg = self.config
-        restore = cfg.pop("restore", None)   # a saved state: only the first boot uses it
+        self.restore = cfg.pop("restore", None)   # a saved state: only the first boot uses it
         memory = dict(cfg.get("memory", {}))
-        meta = None
-        if restore:
-            from worker import saved_state_file
-            meta = saved_state_file.read_meta(restore)
+        self.restore_meta = None
+        if self.restore:
+            self.restore_meta = meta = saved_state_file.read_meta(self.restore)
             if memory.get("dynamic"):   # a Dynamic Memory VM comes back with what it had
                 memory["startup"] = min(max(int(meta["memory_size"]), memory.get("minimum", 0)),
                                         memory.get("maximum", meta["memory_size"]))
-        made = self.hv.call(hc.CREATE_PARTITION, {
+        return self.hv.begin(hc.CREATE_PARTITION, {
             "vm_id": self.vm_id, "name": self.name, "worker_pid": os.getpid(),
-            "processor": cfg.get("processor", {}), "memory": memory})
+            "processor": cfg.get("processor", {}), "memory": memory, "guest_pid": guest_pid})
+
+    def await_sandboxed(self, link: guest_link.GuestLink, guest_pid: int) -> None:
+        """Wait (bounded) until the guest says it is in its sandbox; in Full isolation write the
+        uid/gid maps of its user namespace then (sandbox.write_id_maps: this process is the
+        host's root and the guest's parent). The guest runs nothing before `boot`."""
+        deadline = time.monotonic() + SANDBOX_TIMEOUT
+        while True:
+            if any(msg.get("t") == "sandboxed" for msg in link.receive()):
+                break
+            left = deadline - time.monotonic()
+            if link.closed:   # an outcome of the start, not an internal fault
+                raise HvError("InvalidState", f"VM '{self.name}' stopped while starting: its "
+                                              "guest exited while entering its sandbox")
+            if left <= 0:
+                raise HvError("Timeout", f"the guest of VM '{self.name}' did not enter its "
+                                         f"sandbox within {SANDBOX_TIMEOUT:g} s")
+            select.select([link.fileno()], [], [], left)
+        sb = self.sandbox
+        if sb.get("mode") == "Full":
+            sandbox_calls.write_id_maps(guest_pid, sandbox_calls.id_maps(sb["uid"], sb["gid"]))
+
+    def boot(self, guest_pid: int, link: guest_link.GuestLink, created=None) -> None:
+        """Attach the (already forked) guest to its partition — `created` is the pending answer
+        of create_partition(), or None to create it now — and tell it to boot."""
+        self.guest_pid, self.link = guest_pid, link
+        self.poller.register(link.fileno(), zmq.POLLIN)
+        self.guest_fd = os.pidfd_open(guest_pid)
+        self.poller.register(self.guest_fd, zmq.POLLIN)
+        made = (created or self.create_partition(guest_pid))()
         self.partition_id = made["partition_id"]
         self.memory_path = made["memory_path"]
         self.frozen = False
+        cfg, meta = self.config, self.restore_meta
         if meta is not None:
             fd = os.open(self.memory_path, os.O_RDWR | os.O_CLOEXEC)
             try:
-                saved_state_file.load_into(restore, meta, fd, made["memory_size"])
+                saved_state_file.load_into(self.restore, meta, fd, made["memory_size"])
             finally:
                 os.close(fd)
-            self.log.info("restored_ram", path=restore, bytes=sum(n for _o, n in meta["segments"]))
-        self.hv.call(hc.ATTACH_GUEST, {"partition_id": self.partition_id, "guest_pid": guest_pid})
+            self.log.info("restored_ram", path=self.restore, bytes=sum(n for _o, n in meta["segments"]))
         processor = cfg.get("processor", {})
-        if self.child_hv is not None:
-            self.child_hv.close()
-        from hypervisor.runtime.rpc_client import RpcClient
         # the guest's own credential stays here: the guest can reach no hvemu socket, so its
         # hypercalls come over its link and go out with that credential (it speaks only for
-        # its own partition)
-        self.child_hv = RpcClient(self.home.hypercall_endpoint, auth=made["credential"],
-                                  ctx=self.zmq_ctx, timeout=2.0, name="the hypervisor")
+        # its own partition), over this worker's connection to the hypervisor
+        self.child_hv = self.hv.sharing(made["credential"], name="the hypervisor")
+        self.await_sandboxed(link, guest_pid)
         # guest RAM reaches the guest as a descriptor, never a name
         ram = os.open(made["memory_path"], os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -238,6 +272,7 @@ class Worker:
                       [ram])
         finally:
             os.close(ram)
+        self.restore_meta = None
         self.boot_deadline = time.monotonic() + BOOT_DEADLINE
         self.log.info("guest_booting", partition=self.partition_id, guest_pid=guest_pid)
 
@@ -372,6 +407,10 @@ class Worker:
     def guest_ready(self) -> None:
         """The guest is up (its first heartbeat, or its VMBus contact without heartbeats)."""
         if self.state in (VmState.Starting, VmState.Reset):
+            # what the start allocated lives as long as the VM: never traverse it again, and
+            # collect from here on (the fork-server disabled collection for the start)
+            gc.freeze()
+            gc.enable()
             self.running_since = time.time()
             self.set_state(VmState.Running)
             for req in self.waiters:
@@ -383,8 +422,6 @@ class Worker:
             self.services.console_output(data)  # COM1
         if isinstance(data, bytes) and data:
             if self.console_log is None:  # bounded and rotated: a chatty guest cannot fill the home
-                from hypervisor.runtime.limits import CONSOLE_LOG_BYTES, CONSOLE_LOG_FILES
-                from hypervisor.runtime.log_rotation import RotatingFile
                 self.console_log = RotatingFile(self.home.vm_dir(self.vm_id) / "console.log",
                                                 CONSOLE_LOG_BYTES, CONSOLE_LOG_FILES, binary=True)
             self.console_log.write(data[-65536:])
@@ -575,7 +612,6 @@ class Worker:
     def finish_save(self) -> None:
         """The guest's state is in its RAM: freeze the partition, write RAM and device state,
         then end the partition (the worker exits with state Saved)."""
-        from worker import saved_state_file
         req, _deadline, path = self.save_request
         started = time.monotonic()
         try:
@@ -617,13 +653,16 @@ class Worker:
                 self.server.drain()
 
     def run(self, guest_pid: int, link: guest_link.GuestLink) -> None:
-        import zmq
-
-        from hypervisor.runtime.rpc_client import RpcClient
-        from hypervisor.runtime.rpc_server import DEFERRED, RpcServer, bind_router
-        self.zmq = zmq
-        self.server_deferred = DEFERRED
+        self.zmq, self.server_deferred = zmq, DEFERRED
         ctx = self.zmq_ctx = zmq.Context()
+        created: object = None
+        try:  # the hypervisor first: its part of the start overlaps the rest of ours
+            cred = self.home.root_credential_file.read_text().strip()
+            self.hv = RpcClient(self.home.hypercall_endpoint, auth=cred, ctx=ctx, timeout=5.0,
+                                name="the hypervisor")
+            created = self.create_partition(guest_pid)
+        except (HvError, OSError) as err:
+            created = err
         old = os.umask(0o077)
         try:
             router = bind_router(ctx, self.home.worker_endpoint(self.vm_id))
@@ -642,10 +681,9 @@ class Worker:
         if hv_fd is not None:
             self.poller.register(hv_fd, zmq.POLLIN)
         try:
-            cred = self.home.root_credential_file.read_text().strip()
-            self.hv = RpcClient(self.home.hypercall_endpoint, auth=cred, ctx=ctx, timeout=5.0,
-                                name="the hypervisor")
-            self.boot(guest_pid, link)
+            if isinstance(created, BaseException):
+                raise created
+            self.boot(guest_pid, link, created)
         except (HvError, OSError) as err:
             err = err if isinstance(err, HvError) else HvError("Unavailable", f"hypervisor: {err}")
             self.log.warning("start_failed", code=err.code, error=err.message)
@@ -695,7 +733,6 @@ class Worker:
 def write_exit_status(home: Home, vm_id: str, status: dict) -> None:
     """Leave the final status in a file: vmms may notice the exit (pidfd) before ZeroMQ has
     delivered the same status, and must not take a clean stop for a crash."""
-    import json
     path = home.worker_exit_file(vm_id)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(status))
@@ -713,7 +750,7 @@ def worker_main(launch: dict) -> None:
     pidfile = PidFile(home.worker_pidfile(vm_id))
     try:
         pidfile.acquire()
-        log = configure(home.logs_dir, "vmwp")
+        log = logging_setup.inherited(home.logs_dir, "vmwp")  # set up by the fork-server
         worker = Worker(home, vm_id, name, dict(launch["config"]), log, sandbox,
                         (launch.get("sandbox") or {}).get("slot"))
         worker.run(guest_pid, link)

@@ -96,6 +96,11 @@ class RotatingFile:
         else:
             self._size = own.st_size
 
+    def follow(self) -> None:
+        """Write to the file now at `path` if another writer rotated it away (a process that
+        inherited this writer across a fork calls it first), and learn its size."""
+        self._reopen_if_moved()
+
     def flush(self) -> None:
         if self._f is not None:
             self._f.flush()

@@ -41,16 +41,33 @@ class RpcClient:
         self.name = name
         self.ctx = ctx or zmq.Context.instance()
         self.sock: zmq.Socket | None = None
+        self._owner: RpcClient | None = None   # whose socket this client speaks over (sharing)
+
+    def sharing(self, auth: Any, name: str | None = None) -> "RpcClient":
+        """A client of the same peer that presents another credential over THIS client's socket
+        (credentials go with each request): a worker speaks for itself and for its guest to the
+        hypervisor over one connection, not two. Calls stay sequential (one thread)."""
+        other = RpcClient(self.endpoint, timeout=self.timeout, auth=auth, ctx=self.ctx,
+                          name=name or self.name)
+        other._owner = self
+        return other
 
     def _socket(self) -> zmq.Socket:
+        if self._owner is not None:
+            return self._owner._socket()
         if self.sock is None:
             self.sock = dealer_socket(self.ctx, self.endpoint)
         return self.sock
 
     def close(self) -> None:
+        """Close the socket (a sharing client leaves its owner's socket alone)."""
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
+
+    def _discard(self) -> None:
+        """After a timeout: no late reply may be read as the next call's answer."""
+        (self._owner or self).close()
 
     def call(self, op: str, args: dict | None = None, timeout: float | None = None) -> Any:
         return self.call_many([(op, args or {})], timeout=timeout)[0]
@@ -60,6 +77,21 @@ class RpcClient:
         """Send every call at once, gather replies in order. With return_errors, an HvError is
         returned in its slot instead of raised. `on_reply(index)` is called as each arrives."""
         timeout = self.timeout if timeout is None else timeout
+        pending = self._send(calls, timeout)
+        return self._gather(calls, pending, time.monotonic() + timeout, timeout, return_errors,
+                            on_reply)
+
+    def begin(self, op: str, args: dict | None = None, timeout: float | None = None):
+        """Send one call now and return a function that waits for its answer (or raises), so
+        the caller can do other work while the peer answers. Bounded like `call`; one call in
+        flight per client at a time."""
+        timeout = self.timeout if timeout is None else timeout
+        calls = [(op, args or {})]
+        pending = self._send(calls, timeout)
+        deadline = time.monotonic() + timeout
+        return lambda: self._gather(calls, pending, deadline, timeout, False, None)[0]
+
+    def _send(self, calls: list[tuple[str, dict]], timeout: float) -> dict[str, int]:
         sock = self._socket()
         pending: dict[str, int] = {}
         for index, (op, args) in enumerate(calls):
@@ -67,14 +99,18 @@ class RpcClient:
             pending[req_id] = index
             sock.send_multipart(wire.request_frames(req_id, op, args, max(1, int(timeout * 1000)),
                                                     self.auth))
+        return pending
+
+    def _gather(self, calls, pending: dict[str, int], deadline: float, timeout: float,
+                return_errors: bool, on_reply) -> list[Any]:
+        sock = self._socket()
         results: list[Any] = [None] * len(calls)
-        deadline = time.monotonic() + timeout
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                 if time.monotonic() < deadline:
                     continue
-                self.close()  # a late reply must not be taken for the next call's answer
+                self._discard()  # a late reply must not be taken for the next call's answer
                 op = calls[next(iter(pending.values()))][0]
                 raise HvError("Timeout", f"{self.name} did not answer {op} within {timeout:g} s")
             env = wire.parse_reply(sock.recv_multipart())
@@ -86,7 +122,7 @@ class RpcClient:
             else:
                 err = HvError.from_wire(env.get("error"))
                 if not return_errors:
-                    self.close() if pending else None
+                    self._discard() if pending else None
                     raise err
                 results[index] = err
             if on_reply is not None:

@@ -7,6 +7,7 @@ reports (Running, or its exit), each with a deadline.
 from __future__ import annotations
 
 import os
+import signal
 import time
 import uuid
 
@@ -77,11 +78,17 @@ def start_vm(vmms, req):
         vmms.set_state(rec, VmState.Starting)
         rec.config["was_running"] = True
         rec.config["last_exit_reason"] = None
-        vmms.save_config(rec)
         vmms.launch(rec)
     except BaseException:
         vmms.unlock(rec)
         vmms.set_state(rec, before)
+        raise
+    try:
+        # durable while the worker starts (its fsyncs are off the start's path); the client's
+        # answer comes after this in any case
+        vmms.save_config(rec)
+    except BaseException:
+        rec.worker.signal(signal.SIGKILL)   # not durable: the start is undone (its exit unlocks)
         raise
     deadline = time.monotonic() + get_float(req.args, "timeout", 30.0, lo=0.1, hi=600)
     if before == VmState.Saved:   # once Running again, the saved state is spent
@@ -118,7 +125,6 @@ def stop_vm(vmms, req):
         if ok or rec.worker is not handle or waiter not in rec.exit_waiters:
             return
         if turn_off:  # a hung or refusing worker: pull the cord; its exit answers the client
-            import signal
             vmms.log.warning("turn_off_kill", vm_id=rec.id, error=err.message)
             handle.signal(signal.SIGKILL)
             return

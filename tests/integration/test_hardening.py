@@ -152,6 +152,27 @@ def test_killed_worker_forkserver_is_replaced(hh):
     hh.call("remove-vm", vm="fs1")
 
 
+def test_the_spare_worker_becomes_the_next_vm_and_a_killed_spare_is_replaced(hh):
+    def spare():
+        for p in psutil.process_iter(["cmdline"]):
+            if (p.info["cmdline"] or [""])[0] == f"vmwp-spare {hh.home}":
+                return p
+    first = wait_until(spare, 5, what="a spare worker")
+    hh.new_vm("sp1")
+    hh.start("sp1")
+    assert hh.vm("sp1")["WorkerProcessId"] == first.pid      # the launch went to the spare
+    second = wait_until(lambda: (p := spare()) and p.pid != first.pid and p, 5, what="the next spare")
+    second.kill()
+    wait_until(lambda: not alive(second.pid), 5, what="the killed spare gone")
+    hh.new_vm("sp2")
+    hh.start("sp2")                                           # a fork on the spot, or a new spare
+    assert hh.vm("sp2")["State"] == "Running"
+    wait_until(spare, 5, what="a spare again")
+    for vm in ("sp1", "sp2"):
+        hh.call("stop-vm", vm=vm, turn_off=True)
+        hh.call("remove-vm", vm=vm)
+
+
 def test_turn_off_of_a_stopped_worker_kills_it(hh):
     hh.new_vm("hung")
     hh.start("hung")

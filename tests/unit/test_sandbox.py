@@ -25,6 +25,13 @@ def test_full_partition_plan_drops_to_the_vms_uid_inside_every_namespace():
     assert ("hide", "/srv/hvemu") in kinds
     assert plan.maps == ("0 2000123 1\n", "0 2000123 1\n")   # root inside = the VM's uid outside
     assert plan.hostname == "web1" and plan.loopback_up
+    # the maps are its parent's (the worker's) to write, so setgroups stays allowed
+    assert plan.maps_by_parent and sb.id_maps(2_000_123, 2_000_123) == plan.maps
+
+
+def test_without_a_uid_of_its_own_the_guest_writes_its_own_maps():
+    assert not sb.partition_plan("UserNamespace", None, None, "a").maps_by_parent
+    assert not sb.partition_plan("None", None, None, "a").maps_by_parent
 
 
 def test_a_home_under_tmp_needs_no_hiding_the_private_tmp_does_it():

@@ -29,6 +29,7 @@ import time
 
 import setproctitle
 
+from hypervisor.runtime import sandbox as sb
 from hypervisor.runtime import signal_wakeup
 from hypervisor.runtime.read_poll import MAX_EVENTS, ReadPoll
 from worker.guest import device_programs
@@ -43,7 +44,6 @@ from worker.guest_link import GuestLink
 BOOT_TIMEOUT = 30.0
 IDLE_WAIT = 30.0      # s; the longest the loop sleeps with nothing due (heartbeats come sooner)
 BUSY_WAIT = 0.25      # s; while a save quiesces or console input waits for the command's stdin
-PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
 IDLE_SLACK_NS = 50_000_000   # a sleep of IDLE_SLACK_AFTER or more may end up to 50 ms late ...
 IDLE_SLACK_AFTER = 1.0       # ... so the kernel serves many idle guests' timers with one wake-up
@@ -51,8 +51,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def set_pdeathsig(sig: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    sb.set_pdeathsig(sig)
 
 
 def set_timer_slack(ns: int) -> None:
@@ -166,6 +165,9 @@ class Guest:
                 self.memory.target = int(restored.get("target") or 0)
         self.start_program(restored.get("spec") if restored else msg["program"],
                            int(msg.get("vps", 1)), restored)
+        # VMBus contact first (the worker answers with its offers; the first heartbeat follows),
+        # then the console's boot lines, which the worker writes to console.log meanwhile
+        self.services.start()
         if self.program.command is not None:
             self.console_in = CommandInput(self.program.command.stdin)  # COM1 is its stdin/stdout
         else:
@@ -173,7 +175,6 @@ class Guest:
             self.services.console.log(f"hvemu guest runtime: {self.name} booted, program {self.spec}")
             if net_note:
                 self.services.console.log(net_note)
-        self.services.start()  # VMBus contact: the worker answers with its offers
 
     def start_program(self, spec_text: str, vps: int, restored: dict | None = None) -> None:
         self.spec = parse_spec(spec_text)
@@ -361,9 +362,9 @@ class Guest:
                 os.close(fd)  # descriptors nobody asked for
 
 
-def enter_sandbox(sandbox: dict | None) -> None:
-    """The partition's sandbox (hypervisor/runtime/sandbox.py); exit rather than run without."""
-    from hypervisor.runtime import sandbox as sb
+def enter_sandbox(sandbox: dict | None) -> bool:
+    """The partition's sandbox (hypervisor/runtime/sandbox.py); exit rather than run without.
+    True when its user namespace's id maps are the worker's to write (Full isolation)."""
     sandbox = sandbox or {"mode": "None"}
     try:
         plan = sb.partition_plan(sandbox.get("mode") or "None", sandbox.get("uid"),
@@ -372,19 +373,28 @@ def enter_sandbox(sandbox: dict | None) -> None:
         sb.apply(plan)
     except (OSError, ValueError):
         os._exit(4)
+    return plan.maps_by_parent
 
 
 def guest_main(link_sock, name: str, vm_id: str, expected_parent: int,
                sandbox: dict | None = None) -> None:
     """Entry of the vmmem process; never returns."""
+    gc.disable()   # no collection while it starts; frozen and enabled once booted
     # the title first: setproctitle needs the environment that isolate() clears
     setproctitle.setproctitle(f"vmmem {name} {vm_id}")
     isolate(link_sock.fileno(), expected_parent)
-    enter_sandbox(sandbox)
+    maps_by_parent = enter_sandbox(sandbox)
     code = 1
     try:
-        guest = Guest(GuestLink(link_sock, accept_fds=True), name, vm_id)
-        guest.boot(guest.wait_boot())
+        link = GuestLink(link_sock, accept_fds=True)
+        link.send({"t": "sandboxed"})   # the worker writes our id maps (Full), then boots us
+        guest = Guest(link, name, vm_id)
+        boot = guest.wait_boot()
+        if maps_by_parent and os.getuid() != 0:
+            os._exit(4)   # no id maps: the sandbox is not what it should be; run nothing
+        guest.boot(boot)
+        gc.freeze()
+        gc.enable()
         code = guest.run()
     finally:
         os._exit(code)
