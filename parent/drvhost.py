@@ -40,6 +40,7 @@ from parent.drivers.driver_api import PENDING, DriverChannel, DriverContext, Dri
 from worker.vmbus import driver_protocol as dp
 from worker.vmbus import messages as m
 from worker.vmbus.ring import PacketType, RingProtocolError
+from worker.vmbus.frame_port import FramePort
 from worker.vmbus.transport import ChannelEndpoint
 from hypervisor.runtime.rpc_client import RpcClient
 from hypervisor.runtime import sandbox as sb
@@ -110,6 +111,7 @@ class Served:
     conn: WorkerConn
     endpoint: ChannelEndpoint
     channel: object                       # DriverChannel
+    port: FramePort | None = None         # frame_port drivers: the channel's frame path
 
 
 class DriverHost:
@@ -178,6 +180,8 @@ class DriverHost:
                                      "reason": "the driver failed to open the channel"})
             return
         channel.endpoint = endpoint
+        if self.driver.frame_port:
+            channel.port = served.port = FramePort(endpoint)
         conn.channels[cid] = served
         self.poll.register(endpoint.fileno(), ("channel", served))
         send_message(conn.sock, {"t": dp.OPENED, "channel_id": cid})
@@ -202,6 +206,22 @@ class DriverHost:
         """Drain one channel's incoming ring and answer every request in it."""
         ep, ch = served.endpoint, served.channel
         try:
+            port = served.port
+            if port is not None:
+                # the frame path: one object, one loop over the ring (worker/vmbus/frame_port.py)
+                frames = port.take_frames()
+                if frames:
+                    ch.requests += len(frames)
+                    try:
+                        self.driver.frames(ch, frames)
+                    except RingProtocolError:
+                        raise
+                    except Exception:
+                        self.log.exception("driver_frames_failed", channel_id=ch.channel_id)
+                if port.control:
+                    self._control(served, port.control)
+                port.done()     # after the work: the doorbell's system call is off its path
+                return
             if self.driver.raw_packets:
                 # the driver's packet() for each, inline: this runs per network frame, right
                 # after a wake-up with the caches cold, where a Python call costs microseconds
@@ -235,6 +255,23 @@ class DriverHost:
             self._close(served, "protocol error")
             send_message(served.conn.sock, {"t": dp.FAILED, "channel_id": ch.channel_id,
                                             "reason": reason[:500]})
+
+    def _control(self, served: Served, packets: list) -> None:
+        """A frame-port channel's packets other than frames, to the driver's packet()."""
+        ch, ep = served.channel, served.endpoint
+        todo = packets[:]
+        packets.clear()
+        for packet in todo:
+            ch.requests += 1
+            try:
+                answer = self.driver.packet(ch, packet)
+            except RingProtocolError:
+                raise
+            except Exception:
+                self.log.exception("driver_packet_failed", channel_id=ch.channel_id)
+                continue
+            if answer is not None:
+                ep.send_packet(PacketType.COMPLETION, answer, packet.txid)
 
     def _request(self, served: Served, msg: m.Message) -> None:
         ch = served.channel

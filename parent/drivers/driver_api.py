@@ -64,6 +64,7 @@ class DriverChannel:
         self.requests = 0
         self.files: dict[str, int] = {}   # files of the device opened by the parent, by path
         self.endpoint = None              # the host's ChannelEndpoint (a driver's fast path)
+        self.port = None                  # its FramePort (frame_port drivers)
 
     def take_file(self, path: str) -> int | None:
         """The descriptor of a file the device's settings name, opened and handed over by the
@@ -124,6 +125,7 @@ class Driver:
     ring_size = 256 * 1024                # bytes of each ring of its channels
     buffer_size = 0                       # bytes of a shared data buffer per channel (pages)
     raw_packets = False                   # True: packet() gets every packet undecoded
+    frame_port = False                    # True (with raw_packets): netvsp's frame path, frames()
 
     def __init__(self, context: DriverContext | None = None):
         self.context = context if context is not None else DriverContext(type(self).name)
@@ -164,6 +166,11 @@ class Driver:
         answer it with a COMPLETION of the same transaction id, or None. Raise
         RingProtocolError for a malformed packet: the channel is failed."""
         return None
+
+    def frames(self, channel: DriverChannel, frames: list) -> None:
+        """(frame_port drivers) The frames of the DATA packets the channel's `FramePort`
+        (worker/vmbus/frame_port.py, `channel.port`) took; other packets still go to packet().
+        Raise RingProtocolError for a malformed frame: the channel is failed."""
 
     def close(self, channel: DriverChannel) -> None:
         """The channel ended (closed, rescinded or failed)."""

@@ -23,7 +23,9 @@ its ring); beyond that its frames are dropped (`dropped_full`). The token bucket
 limited port's frames and `tick()` releases them on time.
 
 Performance: per guest packet one batch decode, one dict lookup per frame, one batched ring
-write per destination; frames are never copied between the rings except by the ring writes.
+write per destination. Each channel's frame path is a `FramePort` (worker/vmbus/frame_port.py):
+the driver host hands `frames()` what the port took, and one frame to one port is
+`put_frame` into that port's ring.
 Each frame's hop runs right after a wake-up with the caches cold (a Python call costs
 microseconds then): one frame to one VM port goes from `packet` through the switch core
 straight into the port's ring, with no helper in between.
@@ -72,6 +74,7 @@ class NetvspDriver(Driver):
     class_id = proto.CLASS_ID
     ring_size = proto.RING_SIZE
     raw_packets = True
+    frame_port = True
 
     def __init__(self, context=None):
         super().__init__(context)
@@ -180,17 +183,23 @@ class NetvspDriver(Driver):
             self._place(iid)
 
     def packet(self, channel: DriverChannel, packet) -> bytes | None:
+        """A packet the frame port left over (the query), or any packet when the channel has
+        no port (a driver used without the driver host)."""
         if packet.type != _DATA:
             return None
         if packet.flags & _COMPLETION_REQUESTED:
             return self._query(channel)
-        frames = proto.decode_batch(packet.payload)
+        self.frames(channel, proto.decode_batch(packet.payload))
+        return None
+
+    def frames(self, channel: DriverChannel, frames: list) -> None:
+        """Frames a VM port sent, through its switch to their ports."""
         iid = channel.instance_id
         sid = self.attached.get(iid)
         st = self.switches.get(sid) if sid is not None else None
         if st is None:
             self.dropped_disconnected += len(frames)
-            return None
+            return
         now = time.monotonic()
         ingress = st.core.ingress
         if len(frames) == 1:                   # the common case (a ping, an ACK)
@@ -198,21 +207,16 @@ class NetvspDriver(Driver):
             if len(out) == 1:                  # to one port: a VM's with room goes straight
                 pid, frame = out[0]            # into its ring (`_deliver` otherwise)
                 ch = self.channels.get(pid) if pid != st.host_port_id else None
-                ep = ch.endpoint if ch is not None else None
-                if ep is not None and not ep.closed and not ep.backlog:
-                    if frame is frames[0]:     # not a shaped copy: the packet's payload is
-                        payload = packet.payload   # already its one-frame batch (prefix, frame)
-                        ep.send_gather(_DATA, (payload,), len(payload))
-                    else:
-                        ep.send_gather(_DATA, (_pack_length(len(frame)), frame), len(frame) + 4)
-                    return None
+                port = ch.port if ch is not None else None
+                if port is not None and not port.ep.closed and not port.backlog:
+                    port.put_frame(frame)
+                    return
         else:
             out = []
             for f in frames:
                 out += ingress(iid, f, now)
         if out:
             self._deliver(st, out)
-        return None
 
     def _query(self, channel: DriverChannel) -> bytes:
         """The adapter's identity (RNDIS's permanent-address query)."""
@@ -254,7 +258,10 @@ class NetvspDriver(Driver):
                 continue
             if len(frames) == 1 and not ep.backlog:
                 f = frames[0]
-                ep.send_gather(_DATA, (_pack_length(len(f)), f), len(f) + 4)
+                if ch.port is not None:
+                    ch.port.put_frame(f)
+                else:
+                    ep.send_gather(_DATA, (_pack_length(len(f)), f), len(f) + 4)
                 continue
             for pieces, n in proto.gather_batches(frames):
                 if len(ep.backlog) >= BACKLOG_FRAMES:

@@ -17,7 +17,8 @@ While no channel is open, frames read from the TAP are dropped.
 
 Each of these runs right after a wake-up, with the caches cold, where every Python call and
 object costs microseconds (worker/vmbus/ring.py): the frame path is a few flat methods —
-ring → TAP in `_drain`, TAP → ring in `_tap_readable` — with no per-frame helper objects.
+ring → TAP in `_drain`, TAP → ring in `_tap_readable` — over the channel's `FramePort`
+(worker/vmbus/frame_port.py: one object with both rings and both doorbells).
 
 `NetAdapters` (one per guest) is the KVP side, as Hyper-V's KVP integration service does it:
 host items `NetworkAdapter.<MAC>.IPAddresses` (comma-separated CIDRs) and
@@ -36,6 +37,7 @@ from worker import tap_device
 from worker.guest.vmbus_client import ClientDevice, GuestBus, fast_path
 from worker.vmbus import netvsp_protocol as proto
 from worker.vmbus.channel import Offer
+from worker.vmbus.frame_port import FramePort
 from worker.vmbus.ring import PacketFlags, PacketType
 
 READ_BATCH = 64
@@ -62,6 +64,7 @@ class NetAdapterClient(ClientDevice):
         self.ifname: str | None = None
         self.mac: bytes | None = None
         self.reading = False
+        self.port: FramePort | None = None     # the open channel's frame path
         self._tap_callback = fast_path(self._tap_readable)
         # "is a frame waiting?" without a read that fails: an EAGAIN raises BlockingIOError,
         # and a cold exception costs tens of µs right after the frame we just handed over
@@ -70,9 +73,11 @@ class NetAdapterClient(ClientDevice):
 
     # --- the channel -------------------------------------------------------------------------
     def opened(self) -> None:
+        self.port = FramePort(self.endpoint)
         self.endpoint.send_packet(PacketType.DATA, b"", proto.QUERY_TXID, PacketFlags.COMPLETION_REQUESTED)
 
     def lost(self) -> None:
+        self.port = None
         self._resume()       # drop what the TAP gets until the channel is back
 
     def on_packet(self, packet) -> None:
@@ -112,8 +117,8 @@ class NetAdapterClient(ClientDevice):
             self.reading = False
 
     def _tap_readable(self) -> None:
-        ep = self.endpoint
-        if ep is not None and ep.backlog:
+        port = self.port
+        if port is not None and port.backlog:
             self._pause()            # the ring is full: let the kernel queue until it drains
             return
         # The first frame goes out (and rings the switch) at once; what else waits follows
@@ -122,33 +127,35 @@ class NetAdapterClient(ClientDevice):
             f = os.read(self.tap, tap_device.MAX_FRAME)
         except BlockingIOError:
             return
-        if ep is None:
+        if port is None:
             self.dropped += 1 + len(tap_device.read_frames(self.tap, READ_BATCH))
             return
-        ep.send_gather(_DATA, (_pack_length(len(f)), f), len(f) + 4)
+        port.put_frame(f)
         self.tx_frames += 1
         if self._tap_ready.poll(0):
             frames = tap_device.read_frames(self.tap, READ_BATCH - 1)
             self.tx_frames += len(frames)
+            ep = port.ep
             for pieces, n in proto.gather_batches(frames):
                 ep.send_gather(_DATA, pieces, n)
 
     def _drain(self) -> None:
-        # ClientDevice._drain's raw branch, flat (one frame fewer per doorbell): handle what the
-        # switch wrote, then clear the doorbell and look again (`ChannelEndpoint.rearm`)
-        ep = self.endpoint
-        if ep is None:
+        # ClientDevice._drain's raw branch, flat, through the frame port: write what the switch
+        # sent to the TAP, then clear the doorbell and look again (`FramePort.done`)
+        port = self.port
+        if port is None:
             self._resume()
             return
-        tap, write = self.tap, os.write
-        for packet in ep.receive(rearm=False):
-            if packet.type != _DATA:
+        frames = port.take_frames()
+        if port.control:                    # the query's answer (it creates the TAP)
+            todo = port.control[:]
+            port.control.clear()
+            for packet in todo:
                 self.on_packet(packet)
-                tap = self.tap              # the query's answer creates the TAP
-                continue
-            if tap is None:
-                continue
-            for frame in proto.decode_batch(packet.payload):
+        tap = self.tap
+        if frames and tap is not None:
+            write = os.write
+            for frame in frames:
                 try:
                     write(tap, frame)
                     self.rx_frames += 1
@@ -158,8 +165,8 @@ class NetAdapterClient(ClientDevice):
                 # The kernel answers what it was just handed in the same system call (an echo
                 # reply, a TCP ACK): take it now instead of after another trip round the loop.
                 self._tap_readable()
-        ep.rearm()
-        if not self.reading and not ep.backlog:
+        port.done()
+        if not self.reading and not port.backlog:
             self._resume()
 
     def tick(self, now: float) -> None:

@@ -117,6 +117,31 @@ class RingProtocolError(RingError):
     """The ring's contents break the protocol (or a packet can never fit): fail the channel."""
 
 
+def check_peer_index(value: int, size: int, who: str) -> int:
+    """An index the peer wrote (read from shared memory), checked before any use: a multiple of
+    8 inside the data area. Shared by `RingReader`, `RingWriter` and the netvsp frame port."""
+    if value >= size or value % ALIGN:
+        raise RingProtocolError(f"{who} index {value} invalid for a {size}-byte ring")
+    return value
+
+
+def check_packet(type_: int, flags: int, n: int, left: int, pos: int) -> int:
+    """A packet header read at `pos` with `left` bytes written from there, checked: a known
+    type and flags, and a payload that lies inside what the writer published. Answers the
+    bytes the packet occupies. Shared by `RingReader` and the netvsp frame port."""
+    if left < PACKET_HEADER_SIZE:
+        raise RingProtocolError(f"{left} bytes left at {pos}, less than a packet header")
+    if type_ not in _PACKET_TYPES:
+        raise RingProtocolError(f"bad packet type {type_} at {pos}")
+    if flags & ~_KNOWN_FLAGS:
+        raise RingProtocolError(f"bad packet flags {flags:#x} at {pos}")
+    total = PACKET_HEADER_SIZE + ((n + ALIGN - 1) & ~(ALIGN - 1))
+    if total > left:
+        raise RingProtocolError(f"packet at {pos} claims {n} payload bytes, "
+                                f"only {left - PACKET_HEADER_SIZE} present")
+    return total
+
+
 class Packet(NamedTuple):
     """One packet read from a ring (a tuple: cheap to make, one per packet on the data path)."""
     type: int
@@ -184,10 +209,7 @@ class Ring:
 
     def checked_index(self, field: int, who: str) -> int:
         """An index written by the peer, checked before use."""
-        value = self.load(field)
-        if value >= self.data_size or value % ALIGN:
-            raise RingProtocolError(f"{who} index {value} invalid for a {self.data_size}-byte ring")
-        return value
+        return check_peer_index(self.load(field), self.data_size, who)
 
     def used(self, write: int, read: int) -> int:
         return (write - read) % self.data_size
@@ -277,9 +299,7 @@ class RingWriter:
         total = PACKET_HEADER_SIZE + ((n + ALIGN - 1) & ~(ALIGN - 1))
         old = self._write
         words = self._words
-        read = words[1]                                   # _READ_INDEX, checked below
-        if read >= size or read % ALIGN:
-            raise RingProtocolError(f"read index {read} invalid for a {size}-byte ring")
+        read = check_peer_index(words[1], size, "read")   # _READ_INDEX
         if total > size - (old - read) % size - ALIGN:
             # Ask for a signal, then look again: the reader may have freed space meanwhile
             # without seeing our request.
@@ -371,28 +391,20 @@ class RingReader:
         if write == pos:
             return []                                      # empty: the tick's common case
         size = self._size
-        if write >= size or write % ALIGN:
-            raise RingProtocolError(f"write index {write} invalid for a {size}-byte ring")
+        check_peer_index(write, size, "write")
         ring, data = self.ring, self._data
         left = (write - pos) % size
         packets: list[Packet] = []
-        unpack_from, types, known = _PACKET_HEADER.unpack_from, _PACKET_TYPES, ~_KNOWN_FLAGS
+        unpack_from = _PACKET_HEADER.unpack_from
         while left and (limit is None or len(packets) < limit):
             if left < PACKET_HEADER_SIZE:
-                raise RingProtocolError(f"{left} bytes left at {pos}, less than a packet header")
-            if pos + PACKET_HEADER_SIZE <= size:
+                type_ = flags = n = txid = 0                         # check_packet raises
+            elif pos + PACKET_HEADER_SIZE <= size:
                 type_, flags, n, txid = unpack_from(data, pos)
             else:
                 head = ring.copy_out(pos, PACKET_HEADER_SIZE)       # a header that wraps
                 type_, flags, n, txid = _PACKET_HEADER.unpack(head)
-            if type_ not in types:
-                raise RingProtocolError(f"bad packet type {type_} at {pos}")
-            if flags & known:
-                raise RingProtocolError(f"bad packet flags {flags:#x} at {pos}")
-            total = PACKET_HEADER_SIZE + ((n + ALIGN - 1) & ~(ALIGN - 1))
-            if total > left:
-                raise RingProtocolError(f"packet at {pos} claims {n} payload bytes, "
-                                        f"only {left - PACKET_HEADER_SIZE} present")
+            total = check_packet(type_, flags, n, left, pos)
             start = pos + PACKET_HEADER_SIZE
             if start >= size:
                 start -= size
@@ -406,14 +418,22 @@ class RingReader:
         words[1] = pos                                 # publish after the packets are copied out
         _fence_acquire()   # full_fence(): before pending_send_size here and the write index in
         _fence_release()   # the caller's check
-        pending = words[3]                             # _PENDING_SEND_SIZE
-        if pending:
-            now = words[0]
-            if now >= size or now % ALIGN:             # hostile writer: a spurious signal is harmless
-                now = write
-            if size - ring.used(now, pos) - ALIGN >= pending:
-                self._signal_writer = True
+        if words[3]:                                   # _PENDING_SEND_SIZE
+            self.note_pending(write)
         return packets
+
+    def note_pending(self, write: int) -> None:
+        """After publishing read_index (and the fence), with a writer waiting for room: note
+        whether it now has the room it asked for (`take_writer_signal`). `write` is the write
+        index the read started from (used if the peer's index is now malformed: a spurious
+        signal is harmless)."""
+        words, size, pos = self._words, self._size, self._read
+        pending = words[3]
+        now = words[0]
+        if now >= size or now % ALIGN:
+            now = write
+        if pending and size - self.ring.used(now, pos) - ALIGN >= pending:
+            self._signal_writer = True
 
     # read_all(): every packet present now, in order (packets written meanwhile wait for the
     # next call) — `_read_batch` with no limit, bound directly (no wrapper frame on the data path)
