@@ -5,8 +5,8 @@ What: a `FramePort` wraps one side's `ChannelEndpoint` (worker/vmbus/transport.p
 both rings' views and both doorbells, so a hop after a wake-up touches one object and runs
 few Python frames (cold, each costs microseconds: worker/vmbus/ring.py):
 - `take_frames()`: every packet present now, read and checked in one loop; the frames of its
-  DATA packets come back as bytes (a one-frame packet's frame is copied out of the ring once,
-  with no batch decode), any other packet (the query and its answer) goes to `control`;
+  DATA packets come back as bytes-like objects (a one-frame packet's frame is copied out of the
+  ring once, with no batch decode; a batch is copied once and its frames are views of the copy), any other packet (the query and its answer) goes to `control`;
 - `put_frame(frame)`: one frame as a one-frame DATA packet, written in place, and the peer's
   doorbell rung on empty → non-empty;
 - `done()`: after the frames were handled, clear the own doorbell and look again.
@@ -90,7 +90,7 @@ class FramePort:
                     frames.append(bytes(data[start + _LEN_SIZE:end]))    # one frame
                 else:
                     payload = bytes(data[start:end]) if end <= size else rd.ring.copy_out(start, n)
-                    frames += [bytes(f) for f in proto.decode_batch(payload)]
+                    frames += proto.decode_batch(payload)   # views of our own copy
             else:
                 payload = bytes(data[start:end]) if end <= size else rd.ring.copy_out(start, n)
                 self.control.append(_new_tuple(Packet, (type_, payload, txid, flags)))
