@@ -85,6 +85,31 @@ def test_done_rings_again_when_a_packet_arrived_after_the_take():
     assert not readable(host.fileno())
 
 
+def test_the_backlog_goes_out_when_the_peer_frees_room_even_with_nothing_to_read():
+    """The peer's "room freed" signal comes with an empty incoming ring: take_frames must still
+    flush what waited (or the sender stalls until a frame happens to arrive)."""
+    guest, host = endpoints(4096)
+    gport = FramePort(guest)
+    frames = [bytes([i]) * 1000 for i in range(8)]
+    for f in frames:
+        gport.put_frame(f)
+    assert guest.backlog                             # the ring is full: some wait
+    got: list = []
+    for _ in range(len(frames)):
+        got += [bytes(f) for p in host.receive() for f in proto.decode_batch(p.payload)]
+        if not guest.backlog:
+            break
+        assert readable(guest.fileno())              # the host freed room and says so
+        clear(guest.fileno())
+        waiting = len(guest.backlog)
+        assert gport.take_frames() == []             # nothing for the guest, but ...
+        assert len(guest.backlog) < waiting          # ... what waited goes out
+    got += [bytes(f) for p in host.receive() for f in proto.decode_batch(p.payload)]
+    assert not guest.backlog and got == frames
+    guest.close()
+    host.close()
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 900)), min_size=1, max_size=60))
 def test_port_and_ring_endpoints_interoperate_across_wrap_and_a_full_ring(steps):

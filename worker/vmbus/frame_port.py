@@ -66,6 +66,8 @@ class FramePort:
         pos = rd._read
         write = words[0]                                   # _WRITE_INDEX
         if write == pos:
+            if self.backlog:           # woken because the peer freed room: send what waited
+                self.ep.flush()
             return []
         size = self.in_size
         check_peer_index(write, size, "write")
