@@ -13,12 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.vmbus import netvsp_protocol as proto
+from worker.vmbus import frame_port
 from worker.vmbus.frame_port import FramePort
 from worker.vmbus.ring import (HEADER_SIZE, PacketFlags, PacketType, RingProtocolError,
                                attach, region_size)
 from worker.vmbus.transport import ChannelEndpoint, ChannelResources
 
 DATA = int(PacketType.DATA)
+CAP = frame_port.TAKE_MAX
 
 
 def endpoints(ring_size=4096):
@@ -139,7 +141,11 @@ def test_port_and_ring_endpoints_interoperate_across_wrap_and_a_full_ring(steps)
             got_down += gport.take_frames()
         for p in host.receive():
             got_up += [bytes(f) for f in proto.decode_batch(p.payload)]
-        got_down += gport.take_frames()
+        for _ in range(len(steps) + 1):
+            more = gport.take_frames()
+            if not more:
+                break
+            got_down += more
         assert got_up == sent_up and got_down == sent_down
     finally:
         guest.close()
@@ -222,6 +228,7 @@ def test_hostile_ring_contents_give_what_ring_reader_gives_or_a_protocol_error(d
     whenever RingReader does, and otherwise yields exactly the frames of RingReader's DATA
     packets (or a RingProtocolError for a malformed batch) — never another exception."""
     buf, _, port, bells = region()
+    frame_port.TAKE_MAX = 1 << 30                  # compared with a reader that takes all
     buf[HEADER_SIZE:RING] = data
     set_word(buf, 0, 4, read)
     set_word(buf, 0, 0, write)
@@ -248,4 +255,21 @@ def test_hostile_ring_contents_give_what_ring_reader_gives_or_a_protocol_error(d
         assert [p for p in packets if not (p.type == DATA and not p.flags)] == port.control
         assert port.rd._read == reader._read
     finally:
+        frame_port.TAKE_MAX = CAP
         close(bells)
+
+
+def test_take_frames_hands_over_at_most_take_max_and_rings_again_for_the_rest():
+    guest, host = endpoints(1 << 16)
+    port = FramePort(host)
+    frames = [bytes([i]) * 10 for i in range(CAP + 5)]
+    for f in frames:
+        guest.send_packet(DATA, batch(f))
+    first = port.take_frames()
+    assert first == frames[:CAP]
+    clear(host.fileno())
+    port.done()
+    assert readable(host.fileno())                   # the rest is not forgotten
+    assert port.take_frames() == frames[CAP:]
+    guest.close()
+    host.close()

@@ -4,9 +4,10 @@
 What: a `FramePort` wraps one side's `ChannelEndpoint` (worker/vmbus/transport.py) and holds
 both rings' views and both doorbells, so a hop after a wake-up touches one object and runs
 few Python frames (cold, each costs microseconds: worker/vmbus/ring.py):
-- `take_frames()`: every packet present now, read and checked in one loop; the frames of its
-  DATA packets come back as bytes-like objects (a one-frame packet's frame is copied out of the
-  ring once, with no batch decode; a batch is copied once and its frames are views of the copy), any other packet (the query and its answer) goes to `control`;
+- `take_frames()`: the packets present now (up to TAKE_MAX frames), read and checked in one
+  loop; the frames of the DATA packets come back as bytes-like objects (a one-frame packet's
+  frame is copied out of the ring once, with no batch decode; a batch is copied once and its
+  frames are views of the copy); any other packet (the query, its answer) goes to `control`;
 - `put_frame(frame)`: one frame as a one-frame DATA packet, written in place, and the peer's
   doorbell rung on empty → non-empty;
 - `done()`: after the frames were handled, clear the own doorbell and look again.
@@ -31,6 +32,10 @@ from worker.vmbus.ring import (ALIGN, PACKET_HEADER_SIZE, Packet, PacketType, _P
 from worker.vmbus.transport import ChannelEndpoint
 
 _DATA = int(PacketType.DATA)
+# Frames one `take_frames` hands over at most (checked per packet): under a flood the switch
+# forwards, and wakes the destination, every few dozen frames instead of after a whole ring —
+# the hops then overlap on the two CPUs. `done()` rings again for what is left.
+TAKE_MAX = 64
 _LEN_SIZE = proto._LEN.size                    # the u32 length before each frame of a batch
 _FIRST = PACKET_HEADER_SIZE + _LEN_SIZE        # a one-frame packet's frame starts here
 _MAX_FRAME = proto.MAX_FRAME_BYTES
@@ -59,8 +64,8 @@ class FramePort:
         self.control: list[Packet] = []            # packets other than frames, for the caller
 
     def take_frames(self) -> list:
-        """The frames of every DATA packet present now, in order; other packets are appended
-        to `control`. RingProtocolError if anything the peer wrote is malformed (nothing is
+        """The frames of the DATA packets present now, in order, up to about TAKE_MAX (whole
+        packets; `done()` rings again for the rest); other packets are appended to `control`. RingProtocolError if anything the peer wrote is malformed (nothing is
         consumed then: the channel is to be failed)."""
         rd, words = self.rd, self.in_words
         pos = rd._read
@@ -74,7 +79,8 @@ class FramePort:
         data = self.in_data
         left = (write - pos) % size
         frames: list = []
-        while left:
+        most = TAKE_MAX
+        while left and len(frames) < most:
             if left < PACKET_HEADER_SIZE:
                 type_ = flags = n = txid = 0               # check_packet raises
             elif pos + PACKET_HEADER_SIZE <= size:
