@@ -223,20 +223,7 @@ class DriverHost:
                 port.done()     # after the work: the doorbell's system call is off its path
                 return
             if self.driver.raw_packets:
-                # the driver's packet() for each, inline: this runs per network frame, right
-                # after a wake-up with the caches cold, where a Python call costs microseconds
-                handle = self.driver.packet
-                for packet in ep.receive(rearm=False):
-                    ch.requests += 1
-                    try:
-                        answer = handle(ch, packet)
-                    except RingProtocolError:
-                        raise
-                    except Exception:
-                        self.log.exception("driver_packet_failed", channel_id=ch.channel_id)
-                        continue
-                    if answer is not None:
-                        ep.send_packet(PacketType.COMPLETION, answer, packet.txid)
+                self._packets(served, ep.receive(rearm=False))
                 ep.rearm()      # after the work: the doorbell's system call is off its path
                 return
             for packet in ep.receive():
@@ -258,13 +245,20 @@ class DriverHost:
 
     def _control(self, served: Served, packets: list) -> None:
         """A frame-port channel's packets other than frames, to the driver's packet()."""
-        ch, ep = served.channel, served.endpoint
         todo = packets[:]
         packets.clear()
-        for packet in todo:
+        self._packets(served, todo)
+
+    def _packets(self, served: Served, packets) -> None:
+        """A raw driver's packets, each to its packet(), in one loop: this runs per network
+        frame right after a wake-up with the caches cold, where every Python call costs
+        microseconds, so nothing is called per packet but the driver."""
+        ch, ep = served.channel, served.endpoint
+        handle = self.driver.packet
+        for packet in packets:
             ch.requests += 1
             try:
-                answer = self.driver.packet(ch, packet)
+                answer = handle(ch, packet)
             except RingProtocolError:
                 raise
             except Exception:
