@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from hypervisor.runtime.errors import HvError
+
+PROBE_RETRIES = 200    # × PROBE_PAUSE: how long a lock with no pid in its file may stay held
+PROBE_PAUSE = 0.002    # s
 
 
 class PidFile:
@@ -25,13 +29,21 @@ class PidFile:
         releasing unlinks the file while it still holds the lock, so a process that opened the
         old file and locked it after that sees a different (or no) inode at `path` and tries
         again on the new file. Two daemons can therefore never both hold a home."""
-        for _ in range(100):
+        nameless = 0
+        for _ in range(100 + PROBE_RETRIES):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 other = read_pid(self.path)
                 os.close(fd)
+                if other is None and nameless < PROBE_RETRIES:
+                    # No pid in the file: a holder_pid() probe's brief shared lock (`host up`
+                    # polls while this daemon starts), or a holder about to write its pid —
+                    # look again rather than give up a home nobody owns.
+                    nameless += 1
+                    time.sleep(PROBE_PAUSE)
+                    continue
                 raise HvError("AlreadyExists", f"{self.path} is held by running process {other}") from None
             if not _same_file(fd, self.path):
                 os.close(fd)  # we locked a file its holder had just unlinked: take the new one

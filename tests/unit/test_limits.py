@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import threading
 from pathlib import Path
 
 import msgpack
@@ -15,7 +16,7 @@ from hypervisor.runtime import limits
 from hypervisor.runtime.arg_checks import get_float, get_int
 from hypervisor.runtime.errors import HvError
 from hypervisor.runtime.log_rotation import RotatingFile
-from hypervisor.runtime.pidfile import PidFile, _same_file
+from hypervisor.runtime.pidfile import PidFile, _same_file, holder_pid
 from hypervisor.runtime.sizes import parse_size
 from parent.config_checks import config_problem
 from hypervisor.runtime.paths import Home
@@ -129,6 +130,23 @@ def test_pidfile_release_then_stale_lock_is_not_ownership(tmp_path):
     with pytest.raises(HvError):
         PidFile(path).acquire()
     third.release()
+
+
+def test_pidfile_acquire_is_not_refused_by_a_holder_pid_probe(tmp_path):
+    """CI found it: `host up` polls holder_pid() while the daemon starts; the probe's brief
+    shared lock made the daemon's acquire() fail with "held by running process None"."""
+    path = tmp_path / "hypervisor.pid"
+    probe = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(probe, fcntl.LOCK_SH)                 # holder_pid() mid-probe, file still empty
+    unlock = threading.Timer(0.05, lambda: os.close(probe))
+    unlock.start()
+    daemon = PidFile(path)
+    daemon.acquire()                                  # waits out the probe instead of failing
+    unlock.join()
+    assert holder_pid(path) == os.getpid()
+    with pytest.raises(HvError, match=f"held by running process {os.getpid()}"):
+        PidFile(path).acquire()                       # a real holder is still refused at once
+    daemon.release()
 
 
 def test_signal_worker_never_signals_a_non_holder():
