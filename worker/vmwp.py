@@ -35,7 +35,7 @@ from hypervisor.runtime.rpc_client import RpcClient
 from hypervisor.runtime.rpc_server import DEFERRED, RpcServer, bind_router
 from worker import guest_link, saved_state_file
 from worker.guest.runtime import guest_main
-from worker.integration.ic_defs import HEARTBEAT_LOST_AFTER
+from worker.integration.ic_defs import HEARTBEAT_LOST_AFTER, heartbeat_lost_at
 from worker.virtual_devices import VirtualDevices
 from worker.vm_state import VmState, begin, result
 from worker.worker_defs import NOTIFY_STATUS, STATUS_KEYS, STOP_TIMEOUT_DEFAULT, bind_worker_ops
@@ -179,7 +179,7 @@ class Worker:
         due = now + IDLE_WAIT
         if self.heartbeat == "OkApplicationsUnknown" and self.last_beat is not None \
                 and not self._watchdog():   # with it, its timer is the deadline (a descriptor)
-            due = min(due, self.last_beat + HEARTBEAT_LOST_AFTER + 0.001)
+            due = min(due, heartbeat_lost_at(self.last_beat))
         # the devices' tick (timers, and a drain of every channel that bounds a lost wake-up)
         # runs when one of their timers is due or before the heartbeat could be called lost
         self.tick_due = min(due, self.services.next_deadline(now)) if self.services is not None else due
@@ -392,7 +392,7 @@ class Worker:
         self.last_beat = at
         self.heartbeat_lost = False
         if self.services is not None:
-            self.services.heartbeat.arm(at + HEARTBEAT_LOST_AFTER + 0.001)
+            self.services.heartbeat.arm(heartbeat_lost_at(at))
 
     def on_watchdog(self) -> None:
         """The heartbeat watchdog fired: HEARTBEAT_LOST_AFTER without a beat pushing it on —

@@ -26,9 +26,9 @@ from typing import Callable
 
 from hypervisor.runtime import timerfd
 from worker.guest.vmbus_client import ClientDevice, GuestBus
-from worker.integration.ic_defs import (CLASS_IDS, HEARTBEAT, HEARTBEAT_INTERVAL, HEARTBEAT_LOST_AFTER,
-                                        IC_VERSION, KVP, KVP_MAX_ITEMS, SHUTDOWN, TIMESYNC, batches,
-                                        valid_item)
+from worker.integration.ic_defs import (CLASS_IDS, HEARTBEAT, HEARTBEAT_INTERVAL, IC_VERSION, KVP,
+                                        KVP_MAX_ITEMS, SHUTDOWN, TIMESYNC, batches,
+                                        heartbeat_lost_at, valid_item)
 from worker.vmbus.channel import Offer
 
 RUNTIME_VERSION = "1.0"
@@ -53,7 +53,7 @@ class HeartbeatClient(ClientDevice):
     def tick(self, now: float) -> None:
         if self.is_open and now >= self.next_beat:
             self.seq += 1
-            pushed = self._push_watchdog(now + HEARTBEAT_LOST_AFTER + 0.001)
+            pushed = self._push_watchdog(heartbeat_lost_at(now))
             if not pushed or not self.endpoint.ring.out.interrupts_masked():
                 self.send_oneway("heartbeat", {"seq": self.seq, "at": now})  # the host wants it
             self.next_beat = now + HEARTBEAT_INTERVAL

@@ -29,7 +29,7 @@ import os
 from typing import Callable
 
 from hypervisor.runtime import timerfd
-from worker.integration.ic_defs import HEARTBEAT, HEARTBEAT_LOST_AFTER
+from worker.integration.ic_defs import HEARTBEAT, HEARTBEAT_LOST_AFTER, heartbeat_lost_at
 from worker.integration.service import IntegrationService
 from worker.vmbus.transport import ring_doorbell
 
@@ -90,7 +90,7 @@ class HeartbeatService(IntegrationService):
         per system call it makes, as with a doorbell. A live guest pushes it on past our own
         deadline at its next beat."""
         if last_beat is not None and now - last_beat <= HEARTBEAT_LOST_AFTER:
-            self.arm(last_beat + HEARTBEAT_LOST_AFTER + 0.001)
+            self.arm(heartbeat_lost_at(last_beat))
             return False
         self.arm(now + far)
         return last_beat is not None

@@ -37,6 +37,13 @@ HEARTBEAT_INTERVAL = 2.0         # Interval = 2000 ms
 HEARTBEAT_ERROR_THRESHOLD = 2    # ErrorThreshold = 2
 HEARTBEAT_LATENCY = 1.0          # Latency = 1000 ms
 HEARTBEAT_LOST_AFTER = HEARTBEAT_ERROR_THRESHOLD * HEARTBEAT_INTERVAL + HEARTBEAT_LATENCY
+
+
+def heartbeat_lost_at(last_beat: float) -> float:
+    """The monotonic moment a guest last heard at `last_beat` counts as lost: just past
+    HEARTBEAT_LOST_AFTER, so a deadline (or the shared watchdog timer) set to it finds the
+    silence strictly longer than the bound."""
+    return last_beat + HEARTBEAT_LOST_AFTER + 0.001
 TIMESYNC_RETRY = 5.0              # s; a sample still unanswered is retried after this (no periodic sample)
 
 # Key-value exchange limits (Hyper-V: 512-byte keys, 2048-byte values)
