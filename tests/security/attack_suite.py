@@ -153,6 +153,23 @@ def _uid_processes(uid: int) -> list[int]:
     return out
 
 
+def _timer_fds(pid: int) -> list[int]:
+    """The timerfds `pid` holds: a guest's is its worker's heartbeat watchdog, found after its
+    first beats (the worker sends it when the Heartbeat channel opens), within 5 s."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        fds = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[timerfd]":
+                    fds.append(int(fd))
+            except OSError:
+                pass
+        if fds or time.monotonic() > deadline:
+            return fds
+        time.sleep(0.05)
+
+
 def run(home: Path, log=print) -> list[dict]:
     h = Home.resolve(home)
     host_up(h)
@@ -180,6 +197,7 @@ def run(home: Path, log=print) -> list[dict]:
               "ram": ram or "/dev/shm/none", "vhdx": str(vhdx),
               "victim_guest": victim["GuestProcessId"], "victim_worker": victim["WorkerProcessId"],
               "victim_fds": sorted(int(f) for f in os.listdir(f"/proc/{victim['GuestProcessId']}/fd")),
+              "victim_watchdog": _timer_fds(victim["GuestProcessId"]),
               "hypervisor": c.call("get-vmhost")["HypervisorProcessId"],
               "pids_max": PIDS_MAX, "tmp_limit_mib": TMP_SIZE >> 20,
               "memory_limit": (64 << 20) + MEMORY_OVERHEAD}
@@ -244,6 +262,8 @@ def run(home: Path, log=print) -> list[dict]:
         f"{after['State']}, {after['Heartbeat']}, pid {after['GuestProcessId']}",
         after["State"] == "Running" and after["Heartbeat"].startswith("Ok")
         and after["GuestProcessId"] == victim["GuestProcessId"])
+    row("check", "victim holds its worker's heartbeat watchdog (the watchdog attack's target)",
+        "a timerfd", f"{len(params['victim_watchdog'])} timerfd(s)", params["victim_watchdog"])
     c.call("stop-vm", vm="victim", turn_off=True)
     row("check", "victim's disk after every attack", "unchanged",
         "unchanged" if _sha(vhdx) == disk_before else "CHANGED", _sha(vhdx) == disk_before)

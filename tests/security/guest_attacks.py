@@ -139,6 +139,19 @@ def main():
             return f"{len(got)} opened"
         raise last
     attempt("open another VM's VMBus memfd via /proc/<vmmem>/fd/N", memfds)
+    def watchdog():
+        # the victim's heartbeat watchdog, a timer its worker polls: armed every millisecond it
+        # would keep that worker awake; left alone, it would hide the victim going silent
+        if not p["victim_watchdog"]:
+            raise OSError(errno.ENOENT, "the victim holds no watchdog timer")
+        fd = os.open(f"/proc/{p['victim_guest']}/fd/{p['victim_watchdog'][0]}", os.O_RDWR)
+        spec = (ctypes.c_long * 4)(0, 1_000_000, 0, 1_000_000)   # every 1 ms, from 1 ms
+        if libc.timerfd_settime(fd, 0, spec, None) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return "armed"
+    libc = ctypes.CDLL(None, use_errno=True)
+    attempt("arm another VM's heartbeat watchdog via /proc/<vmmem>/fd/N", watchdog)
     attempt("read /proc/<vmwp pid>/mem for the credential",
             lambda: open(f"/proc/{p['victim_worker']}/mem", "rb").read(1))
     def signal_out():
@@ -150,7 +163,6 @@ def main():
                 last = exc
         raise last
     attempt("signal a process outside the partition", signal_out)
-    libc = ctypes.CDLL(None, use_errno=True)
     def ptrace():
         if libc.ptrace(16, p["hypervisor"], 0, 0) == 0:   # PTRACE_ATTACH
             return "attached"
