@@ -6,7 +6,21 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-python3}"
+# The interpreter: $PYTHON if set, else the first CPython >= 3.12 found (on PATH, or one pyenv
+# has installed), else python3 (>= 3.11 works). 3.12's immortal objects (None, small ints,
+# interned strings, static types) are never written by reference counting, so a forked worker
+# or guest copies ~1.8 MiB fewer pages of its fork-server (issue 16, scripts/bench/density).
+pick_python() {
+  local c
+  for c in python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 \
+           python3.13 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13; do
+    if "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
+      echo "$c"; return
+    fi
+  done
+  echo python3
+}
+PY="${PYTHON:-$(pick_python)}"
 need_apt=()
 for pair in qemu-img:qemu-utils cpulimit:cpulimit socat:socat chromium:chromium \
             chromedriver:chromium-driver ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump \
@@ -21,6 +35,12 @@ if [ "${#need_apt[@]}" -gt 0 ] && [ "${HVEMU_SKIP_APT:-0}" != 1 ]; then
       || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1; } \
       || echo "warning: could not install ${need_apt[*]}; tests that need them are skipped" >&2
   fi
+fi
+want="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+have="$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+if [ -n "$have" ] && [ "$have" != "$want" ]; then
+  echo "recreating .venv: it has Python $have, this machine offers $want" >&2
+  rm -rf .venv
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
