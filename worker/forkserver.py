@@ -32,7 +32,7 @@ import zmq  # noqa: F401  (imported for the workers, never instantiated here)
 
 import hypervisor.runtime.rpc_client  # noqa: F401  (preload: every fork inherits these pages)
 import hypervisor.runtime.rpc_server  # noqa: F401
-from hypervisor.runtime import logging_setup
+from hypervisor.runtime import immortal_image, logging_setup
 from hypervisor.runtime.packet_socket import allow_large_packets, receive_messages, send_message
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.process_tree import reap_children
@@ -171,6 +171,9 @@ def main() -> None:
     setproctitle.setproctitle(f"vmms-forkserver {home}")
     set_not_dumpable()  # it and every vmwp it forks: no /proc/<pid>/mem, no ptrace
     os.umask(0o077)
+    # every page of the imported image stays shared with each worker and guest (issue 16)
+    immortal_image.immortalize()
+    gc.freeze()
     serve(socket.socket(fileno=fd), Home.resolve(home))
 
 
