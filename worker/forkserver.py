@@ -121,7 +121,14 @@ class Spares:
 def serve(sock: socket.socket, home: Home) -> None:
     # The workers' log, set up once here (and one line written through it): each worker only
     # binds its own pid (logging_setup.inherited).
-    logging_setup.configure(home.logs_dir, "vmwp", warm="worker_forkserver_ready")
+    log = logging_setup.configure(home.logs_dir, "vmwp", warm="worker_forkserver_started")
+    # Then the whole image, logging included, made immortal: a worker or guest that uses it
+    # writes none of its pages, so they stay shared with every VM (issue 16). Before any
+    # socket or selector of ours exists; what is made from here on stays mortal.
+    made = immortal_image.immortalize()
+    gc.freeze()
+    log.info("worker_forkserver_ready", immortal_objects=made,
+             immortal_unsupported=immortal_image.supported())
     sock.setblocking(False)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
@@ -171,9 +178,6 @@ def main() -> None:
     setproctitle.setproctitle(f"vmms-forkserver {home}")
     set_not_dumpable()  # it and every vmwp it forks: no /proc/<pid>/mem, no ptrace
     os.umask(0o077)
-    # every page of the imported image stays shared with each worker and guest (issue 16)
-    immortal_image.immortalize()
-    gc.freeze()
     serve(socket.socket(fileno=fd), Home.resolve(home))
 
 

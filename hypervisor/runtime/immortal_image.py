@@ -63,21 +63,25 @@ def immortalize() -> int:
     if supported() is not None:
         return 0
     gc.collect()
-    seen: set[int] = set()
-    todo = gc.get_objects()
+    refcount, refcnt_at = sys.getrefcount, ctypes.c_ssize_t.from_address
+    keep: dict[type, bool] = {}
     made = 0
-    while todo:
-        obj = todo.pop()
-        key = id(obj)
-        if key in seen or isinstance(obj, _KEEP_MORTAL):
-            continue
-        seen.add(key)
-        refcnt = ctypes.c_ssize_t.from_address(key)
-        if not refcnt.value & 0x80000000:   # not immortal yet (3.12: the low 32 bits < 0)
-            refcnt.value = IMMORTAL_REFCNT
-            made += 1
-        if isinstance(obj, types.CodeType):
-            todo.extend(_code_parts(obj))
-        else:
-            todo.extend(gc.get_referents(obj))
+    level = gc.get_objects()
+    while level:   # breadth first; an object made immortal is never taken again
+        fresh = {}
+        for obj in level:
+            if refcount(obj) < 0x80000000:
+                kind = type(obj)
+                mortal = keep.get(kind)
+                if mortal is None:
+                    mortal = keep[kind] = issubclass(kind, _KEEP_MORTAL)
+                if not mortal:
+                    fresh[id(obj)] = obj
+        codes = []
+        for key, obj in fresh.items():
+            refcnt_at(key).value = IMMORTAL_REFCNT
+            if type(obj) is types.CodeType:
+                codes.extend(_code_parts(obj))
+        made += len(fresh)
+        level = gc.get_referents(*fresh.values()) + codes
     return made
