@@ -51,9 +51,9 @@ def supported() -> str | None:
 
 
 def _code_parts(code: types.CodeType) -> tuple:
-    # code objects are not tracked by the collector, so their parts are not its referents
-    return (*code.co_consts, *code.co_names, *code.co_varnames, *code.co_cellvars,
-            *code.co_freevars, code.co_code, code.co_linetable, code.co_exceptiontable,
+    # Code objects are not tracked by the collector, so what they hold is no referent of it.
+    # Only what they store: co_code, co_varnames and the like are made afresh when read.
+    return (code.co_consts, code.co_names, code.co_linetable, code.co_exceptiontable,
             code.co_filename, code.co_name, code.co_qualname)
 
 
