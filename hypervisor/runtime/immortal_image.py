@@ -52,9 +52,14 @@ def supported() -> str | None:
 
 def _code_parts(code: types.CodeType) -> tuple:
     # Code objects are not tracked by the collector, so what they hold is no referent of it.
-    # Only what they store: co_code, co_varnames and the like are made afresh when read.
-    return (code.co_consts, code.co_names, code.co_linetable, code.co_exceptiontable,
-            code.co_filename, code.co_name, code.co_qualname)
+    # `co_code` is made on first reading and kept by the code object: reading it here, once
+    # for the image, saves each VM 0.45 MiB (measured: 4.35 -> 3.90 MiB per idle VM).
+    return (code.co_consts, code.co_names, code.co_code, code.co_linetable,
+            code.co_exceptiontable, code.co_filename, code.co_name, code.co_qualname)
+
+
+CHUNK = 4096   # objects taken at a time: the walk's own lists stay small (they are freed, but
+               # their pages would stay in the image every fork copies)
 
 
 def immortalize() -> int:
@@ -66,22 +71,32 @@ def immortalize() -> int:
     refcount, refcnt_at = sys.getrefcount, ctypes.c_ssize_t.from_address
     keep: dict[type, bool] = {}
     made = 0
-    level = gc.get_objects()
-    while level:   # breadth first; an object made immortal is never taken again
-        fresh = {}
-        for obj in level:
+    todo = gc.get_objects()
+    while todo:   # an object made immortal is never taken again
+        chunk = {}
+        for obj in todo[-CHUNK:]:
             if refcount(obj) < 0x80000000:
                 kind = type(obj)
                 mortal = keep.get(kind)
                 if mortal is None:
                     mortal = keep[kind] = issubclass(kind, _KEEP_MORTAL)
                 if not mortal:
-                    fresh[id(obj)] = obj
-        codes = []
-        for key, obj in fresh.items():
+                    chunk[id(obj)] = obj
+        del todo[-CHUNK:]
+        for key, obj in chunk.items():
             refcnt_at(key).value = IMMORTAL_REFCNT
             if type(obj) is types.CodeType:
-                codes.extend(_code_parts(obj))
-        made += len(fresh)
-        level = gc.get_referents(*fresh.values()) + codes
+                todo.extend(_code_parts(obj))
+        made += len(chunk)
+        todo.extend(ref for ref in gc.get_referents(*chunk.values())
+                    if refcount(ref) < 0x80000000)
+    _return_free_memory()
     return made
+
+
+def _return_free_memory() -> None:
+    # glibc keeps freed heap pages; handing them back means fewer pages for each fork to copy
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
