@@ -16,6 +16,10 @@ goes to it and the answer is its pid at once: the fork and what a forked child d
 for this answer, is free again sooner. The next spare is forked right after the answer. A
 spare that died, or a launch too large for its socket, falls back to a fork on the spot; a
 spare whose fork-server is gone reads EOF and exits.
+
+Its imported image (logging set-up included) is made immortal before the first fork
+(hypervisor/runtime/immortal_image.py): a worker or guest that uses it writes none of those
+objects' reference counts, so their pages stay shared with every VM (issue 16).
 """
 from __future__ import annotations
 
