@@ -242,7 +242,10 @@ class CpuScheduler:
         elif now >= self._end - _EPS:
             self._close_period(now)  # others' unmeasured use lands in the next period
         self._parts[pid] = _Partition(settings, now, usage, self.history_periods)
-        self._retarget(now)          # so it is entitled from the moment it starts running
+        # entitled from the next tick, before which its guest cannot run long: the daemon ticks
+        # within a period of a new partition. Recomputing every share at each add made a burst
+        # of N starts cost O(N²) (issue 16).
+        self._dirty = True
 
     def update(self, pid: str, settings: ProcessorSettings) -> None:
         p = self._get(pid)

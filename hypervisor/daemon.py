@@ -122,7 +122,9 @@ class Hypervisor:
                 # a monolithic hypervisor's drivers can reach every guest's memory
                 self._ram_maps[part.id] = mmap.mmap(part.memory.fileno(), map_size, mmap.MAP_SHARED)
             self.cpu.add(part.id, processor, time.monotonic())
-            self._wakeup = 0.0   # tick now: a quiet host's long tick must not hide a new partition
+            # tick within a period, not at once: a quiet host's long tick must not hide a new
+            # partition, but a burst of starts shares its ticks (each measures every partition)
+            self._wakeup = min(self._wakeup, time.monotonic() + self.cpu.period)
         except BaseException:
             self._unmap(part.id)
             self.memory.release(part.id)

@@ -35,24 +35,26 @@ SHRINK_GRACE = 2.0                    # s a lower memory bound waits for the gue
 
 @dataclass(frozen=True)
 class CgroupLayout:
+    """Paths as plain strings: a partition's start writes a dozen of them (issue 16: pathlib's
+    joins cost the hypervisor more than the writes)."""
     version: str                       # "v1" | "v2"
     group: str                         # hvemu-<home hash>
-    root: Path = Path("/sys/fs/cgroup")
+    root: str = "/sys/fs/cgroup"
 
-    def home_dirs(self) -> list[Path]:
+    def home_dirs(self) -> list[str]:
         if self.version == "v1":
-            return [self.root / c / self.group for c in V1_CONTROLLERS]
-        return [self.root / self.group]
+            return [f"{self.root}/{c}/{self.group}" for c in V1_CONTROLLERS]
+        return [f"{self.root}/{self.group}"]
 
-    def dirs(self, partition_id: str) -> list[Path]:
-        return [d / partition_id for d in self.home_dirs()]
+    def dirs(self, partition_id: str) -> list[str]:
+        return [f"{d}/{partition_id}" for d in self.home_dirs()]
 
-    def file(self, partition_id: str, controller: str, name: str) -> Path:
+    def file(self, partition_id: str, controller: str, name: str) -> str:
         if self.version == "v1":
-            return self.root / controller / self.group / partition_id / name
-        return self.root / self.group / partition_id / name
+            return f"{self.root}/{controller}/{self.group}/{partition_id}/{name}"
+        return f"{self.root}/{self.group}/{partition_id}/{name}"
 
-    def memory_file(self, partition_id: str) -> Path:
+    def memory_file(self, partition_id: str) -> str:
         return self.file(partition_id, "memory",
                          "memory.limit_in_bytes" if self.version == "v1" else "memory.max")
 
@@ -67,12 +69,17 @@ def memory_limit(assigned: int) -> int:
     return int(assigned) + MEMORY_OVERHEAD
 
 
-def _write(path: Path, value: str) -> None:
+def _write(path: str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 class PartitionCgroups:
@@ -90,16 +97,16 @@ class PartitionCgroups:
             return
         try:
             for d in self.layout.home_dirs():
-                d.mkdir(exist_ok=True)
+                os.makedirs(d, exist_ok=True)
             if version == "v2":
-                _write(self.layout.root / self.layout.group / "cgroup.subtree_control",
+                _write(f"{self.layout.root}/{self.layout.group}/cgroup.subtree_control",
                        "+pids +memory")
         except OSError as exc:
             log.warning("cgroups_unavailable", error=str(exc))
             self.layout = None
             return
         for d in self.layout.home_dirs():        # left by a hypervisor that crashed
-            for child in d.iterdir() if d.is_dir() else ():
+            for child in Path(d).iterdir() if os.path.isdir(d) else ():
                 if child.is_dir():
                     self._removing.add(child.name)
         self.sweep()
@@ -118,12 +125,16 @@ class PartitionCgroups:
         guest is told to boot, so all it ever forks is inside."""
         if self.layout is None:
             return
-        for d in self.layout.dirs(partition_id):
-            d.mkdir(exist_ok=True)
+        dirs = self.layout.dirs(partition_id)
+        for d in dirs:
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                pass
         _write(self.layout.file(partition_id, "pids", "pids.max"), str(PIDS_MAX))
         self.set_memory(partition_id, assigned)
-        for d in self.layout.dirs(partition_id):
-            _write(d / "cgroup.procs", str(pid))
+        for d in dirs:
+            _write(f"{d}/cgroup.procs", str(pid))
         try:
             self._tasks[partition_id] = os.open(self.layout.file(partition_id, "pids", "pids.current"),
                                                 os.O_RDONLY | os.O_CLOEXEC)
@@ -183,11 +194,11 @@ class PartitionCgroups:
         path = self.layout.file(partition_id, "freezer", name)
         _write(path, value)
         if self.layout.version == "v2":
-            events = path.with_name("cgroup.events")
+            events = os.path.join(os.path.dirname(path), "cgroup.events")
             want = f"frozen {1 if frozen else 0}"
-            check = lambda: want in events.read_text()  # noqa: E731
+            check = lambda: want in _read(events)  # noqa: E731
         else:
-            check = lambda: path.read_text().strip() == value  # noqa: E731
+            check = lambda: _read(path).strip() == value  # noqa: E731
         deadline = time.monotonic() + FREEZE_WAIT
         while time.monotonic() < deadline:
             if check():
@@ -203,7 +214,7 @@ class PartitionCgroups:
                                       ("memory", "memory", "memory.usage_in_bytes"
                                        if self.layout.version == "v1" else "memory.current")):
             try:
-                out[key] = int(self.layout.file(partition_id, controller, name).read_text())
+                out[key] = int(_read(self.layout.file(partition_id, controller, name)))
             except (OSError, ValueError):
                 pass
         return out

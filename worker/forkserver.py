@@ -23,13 +23,20 @@ objects' reference counts, so their pages stay shared with every VM (issue 16).
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    # structlog formats tracebacks with rich when rich is importable: 80 modules and ~5 MiB
+    # in the image every fork copies the page tables of (issue 16). The workers' log renders
+    # tracebacks as plain text instead; a None entry is how an import is refused.
+    sys.modules.setdefault("rich", None)
+
 import gc
 import os
 import select
 import selectors
 import signal
 import socket
-import sys
 
 import setproctitle
 import zmq  # noqa: F401  (imported for the workers, never instantiated here)

@@ -38,7 +38,8 @@ from worker.guest.runtime import guest_main
 from worker.integration.ic_defs import HEARTBEAT_LOST_AFTER, heartbeat_lost_at
 from worker.virtual_devices import VirtualDevices
 from worker.vm_state import VmState, begin, result
-from worker.worker_defs import NOTIFY_STATUS, STATUS_KEYS, STOP_TIMEOUT_DEFAULT, bind_worker_ops
+from worker.worker_defs import (NOTIFY_STATUS, STATUS_KEYS, STOP_TIMEOUT_DEFAULT, bind_worker_ops,
+                                worker_op_table)
 
 SAVE_QUIESCE_TIMEOUT = 10.0
 TRANSITION_TICK = 0.25   # s; the devices' tick while the VM starts, stops or saves
@@ -675,7 +676,7 @@ class Worker:
         rfd = signal_wakeup.install((signal.SIGTERM,))
         self.poller.register(rfd, zmq.POLLIN)
         self.services = VirtualDevices(self)
-        handlers.update(bind_worker_ops(self, self.services))
+        handlers.update(bind_worker_ops(self, self.services, table=WORKER_OP_TABLE))
         hv_pid = read_pid(self.home.pidfile("hypervisor"))
         hv_fd = os.pidfd_open(hv_pid) if hv_pid else None
         if hv_fd is not None:
@@ -728,6 +729,11 @@ class Worker:
         # let the final status and replies reach vmms; destroy closes every socket (a socket
         # left open would make term() wait forever)
         ctx.destroy(linger=500)
+
+
+# which of (Worker, VirtualDevices) handles each worker op, checked once at import: in the
+# fork-server's image, so a worker only binds (issue 16)
+WORKER_OP_TABLE = worker_op_table(Worker, VirtualDevices)
 
 
 def write_exit_status(home: Home, vm_id: str, status: dict) -> None:

@@ -45,21 +45,30 @@ def handler_name(op: str) -> str:
     return "op_" + op.replace("-", "_")
 
 
-def bind_worker_ops(*owners: Any) -> dict[str, Callable]:
-    """{op: bound handler} for every op of WORKER_OPS, from the first owner with its `op_*`
-    method. Raises LookupError for an op without a handler, or an `op_*` method of an owner
-    that WORKER_OPS does not list (a handler nobody can call)."""
-    handlers: dict[str, Callable] = {}
+def worker_op_table(*owners: Any) -> dict[str, tuple[int, str]]:
+    """{op: (index of its owner in `owners`, method name)} for every op of WORKER_OPS, from the
+    first owner with its `op_*` method. Raises LookupError for an op without a handler, or an
+    `op_*` method of an owner that WORKER_OPS does not list (a handler nobody can call). The
+    worker checks its classes once, at import (in the fork-server's image; issue 16)."""
+    table: dict[str, tuple[int, str]] = {}
     for op in WORKER_OPS:
-        owner = next((o for o in owners if hasattr(o, handler_name(op))), None)
-        if owner is None:
-            raise LookupError(f"worker op {op!r} has no handler {handler_name(op)}")
-        handlers[op] = getattr(owner, handler_name(op))
+        name = handler_name(op)
+        index = next((i for i, o in enumerate(owners) if hasattr(o, name)), None)
+        if index is None:
+            raise LookupError(f"worker op {op!r} has no handler {name}")
+        table[op] = (index, name)
     listed = {handler_name(op) for op in WORKER_OPS}
     extra = sorted({n for o in owners for n in dir(o) if n.startswith("op_")} - listed)
     if extra:
         raise LookupError(f"handlers not listed in WORKER_OPS: {', '.join(extra)}")
-    return handlers
+    return table
+
+
+def bind_worker_ops(*owners: Any, table: dict[str, tuple[int, str]] | None = None
+                    ) -> dict[str, Callable]:
+    """{op: bound handler}: `table` (from worker_op_table) resolved on these owners."""
+    table = worker_op_table(*owners) if table is None else table
+    return {op: getattr(owners[i], name) for op, (i, name) in table.items()}
 
 
 NOTIFY_STATUS = "status"

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import fcntl
 import os
 import socket
@@ -64,7 +63,9 @@ MS_PRIVATE = 1 << 18
 MODES = ("Full", "UserNamespace", "None")
 TMP_SIZE = 64 << 20          # each partition's private /tmp and /dev/shm (a bound, not a cost)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# this process's own libc (every name resolves in it): no ctypes.util, which imports shutil,
+# tempfile and three compression modules into every worker's image (issue 16)
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
 

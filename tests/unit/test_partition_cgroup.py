@@ -2,6 +2,8 @@
 (hypervisor/partition_cgroup.py): written into a fake cgroup tree, nothing on the machine changes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import structlog
 
 from hypervisor.partition_cgroup import (SHRINK_GRACE, CgroupLayout, PartitionCgroups,
@@ -12,8 +14,8 @@ MIB = 1 << 20
 
 def fake_groups(tmp_path) -> tuple[PartitionCgroups, object]:
     groups = PartitionCgroups(None, "t", structlog.get_logger())   # no cgroups: nothing written
-    groups.layout = CgroupLayout("v1", "hvemu-t", root=tmp_path)
-    limit = groups.layout.memory_file("p1")
+    groups.layout = CgroupLayout("v1", "hvemu-t", root=str(tmp_path))
+    limit = Path(groups.layout.memory_file("p1"))
     limit.parent.mkdir(parents=True)
     limit.write_text("0")                                   # the kernel makes these files
     return groups, limit

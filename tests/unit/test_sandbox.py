@@ -93,13 +93,13 @@ def test_slot_free_is_the_lowest_unused(used):
 
 
 def test_cgroup_layout_v1_and_v2():
-    v1 = CgroupLayout("v1", "hvemu-abc", Path("/cg"))
-    assert v1.memory_file("p3") == Path("/cg/memory/hvemu-abc/p3/memory.limit_in_bytes")
-    assert Path("/cg/freezer/hvemu-abc/p3") in v1.dirs("p3") and len(v1.dirs("p3")) == 4
+    v1 = CgroupLayout("v1", "hvemu-abc", "/cg")
+    assert v1.memory_file("p3") == "/cg/memory/hvemu-abc/p3/memory.limit_in_bytes"
+    assert "/cg/freezer/hvemu-abc/p3" in v1.dirs("p3") and len(v1.dirs("p3")) == 4
     assert v1.freeze_write(True) == ("freezer.state", "FROZEN")
-    v2 = CgroupLayout("v2", "hvemu-abc", Path("/cg"))
-    assert v2.memory_file("p3") == Path("/cg/hvemu-abc/p3/memory.max")
-    assert v2.freeze_write(False) == ("cgroup.freeze", "0") and v2.dirs("p3") == [Path("/cg/hvemu-abc/p3")]
+    v2 = CgroupLayout("v2", "hvemu-abc", "/cg")
+    assert v2.memory_file("p3") == "/cg/hvemu-abc/p3/memory.max"
+    assert v2.freeze_write(False) == ("cgroup.freeze", "0") and v2.dirs("p3") == ["/cg/hvemu-abc/p3"]
     assert memory_limit(64 << 20) == (64 << 20) + MEMORY_OVERHEAD
 
 
