@@ -40,6 +40,7 @@ from hypervisor.runtime.rpc_server import DEFERRED, Request, RpcServer, bind_rou
 from parent.config_checks import config_problem
 from parent import saved_state
 from parent.config_store import ConfigStore
+from parent.config_writer import ConfigWriter
 from parent.control import CONTROL_OPS
 from parent.control.disk_ops import check_disks_for_start
 from parent.disk_metering import DiskMeter
@@ -97,6 +98,11 @@ class Vmms:
         self.disk_meter = DiskMeter()         # measure-vm's disk bytes, from the storage driver
         self.drivers.on_stats = self.disk_meter.observe
         self.hv = HypervisorLink(self.ctx, home, self.watch_fd, self.unwatch_fd)
+        # the loop never waits on the disk for a start's config, nor on the fork-server for a
+        # worker's pid: both answer through descriptors this poller watches (issue 16)
+        self.writer = ConfigWriter(self.store)
+        self.watch_fd(self.writer.fd, self.writer.on_readable)
+        self.forkserver.attach_loop(self.watch_fd, self.unwatch_fd)
 
     # --- lookups ------------------------------------------------------------------------------
     def find(self, arg) -> VmRecord:
@@ -161,7 +167,13 @@ class Vmms:
             rec.busy = None
 
     def save_config(self, rec: VmRecord) -> None:
-        self.store.save(rec.config)
+        """Save the VM's configuration durably before returning (the loop waits on the disk)."""
+        self.writer.save(rec.config)
+
+    def save_config_async(self, rec: VmRecord, done) -> None:
+        """Save it off the loop: `done(err)` runs in the loop once it is durable (err None) or
+        the write failed (parent/config_writer.py)."""
+        self.writer.save_async(rec.config, done)
 
     def add_vm(self, rec: VmRecord) -> None:
         """A new VM: saved, then known."""
@@ -172,7 +184,7 @@ class Vmms:
 
     def forget_vm(self, rec: VmRecord) -> None:
         """A removed VM (without a worker): its configuration deleted, then unknown."""
-        self.store.remove(rec.id)
+        self.writer.remove(rec.id)
         self.vms.pop(rec.id, None)
         self.publish(rec, "removed")
         self.log.info("vm_removed", vm_id=rec.id, vm_name=rec.name)
@@ -297,8 +309,14 @@ class Vmms:
                                 lambda ok, res: None, 5.0)
 
     # --- workers ----------------------------------------------------------------------------
-    def launch(self, rec: VmRecord) -> None:
-        """Fork the VM's worker (after loading the driver hosts its devices need) and adopt it."""
+    def launch(self, rec: VmRecord, on_failed=None) -> None:
+        """Fork the VM's worker (after loading the driver hosts its devices need) and adopt it.
+
+        Asynchronous: the launch is sent to the fork-server and the worker adopted at once (its
+        DEALER connects before the worker binds); the pid and its pidfd follow with the
+        fork-server's answer. A launch that cannot be sent raises HvError here; one that fails
+        later (the fork-server died or hung twice, or refused) undoes the adoption and calls
+        `on_failed(err)` (by default: the VM back to Off)."""
         self.ensure_drivers(rec)
         self.disk_meter.vm_started(rec.id)
         cfg = rec.config
@@ -311,15 +329,57 @@ class Vmms:
                              "com_ports": dict(cfg.get("com_ports") or {}),
                              "devices": vm_devices(rec), "driver_failures": self.driver_failures(rec),
                              **saved_state.launch_config(self, rec)}}
-        pid = self.forkserver.launch(launch)
-        handle = WorkerHandle(self.ctx, self.home, rec.id, pid, self.on_worker_status)
+        handle = WorkerHandle(self.ctx, self.home, rec.id, None, self.on_worker_status)
         handle.reserved_slots = () if sandbox["slot"] is None else (sandbox["slot"],)
+        try:
+            self.forkserver.launch(launch, lambda pid, err: self._launched(rec, handle, pid, err, on_failed))
+        except BaseException:
+            handle.close()
+            raise
         self.adopt(rec, handle)
+
+    def _launched(self, rec: VmRecord, handle, pid: int | None, err: HvError | None, on_failed) -> None:
+        """The fork-server's answer to a launch: the worker's pid, or why there is none."""
+        if rec.worker is not handle:   # not expected: the VM let go of this worker meanwhile
+            if pid is not None:
+                try:
+                    handle.set_pid(pid)
+                    handle.signal(signal.SIGKILL)
+                    handle.close()
+                except OSError:
+                    pass
+            return
+        if err is None:
+            try:
+                handle.set_pid(pid)
+            except OSError:
+                err = HvError("Internal", f"the worker (pid {pid}) of VM '{rec.name}' exited at once; "
+                                          "see the vmwp log")
+        if err is None:
+            self.watch_pidfd(rec, handle)
+            if handle.status:   # what the worker said before its pid was known
+                self.on_worker_status(handle, handle.status)
+            return
+        self.poller.unregister(handle.sock)
+        self.socks.pop(handle.sock, None)
+        rec.worker = None
+        handle.fail_pending(err)
+        handle.close()
+        self.log.warning("worker_launch_failed", vm_id=rec.id, vm_name=rec.name, error=err.message)
+        if on_failed is not None:
+            on_failed(err)
+        else:
+            self.unlock(rec, "start-vm")
+            self.set_state(rec, VmState.Off, Reason=err.message)
+
+    def watch_pidfd(self, rec: VmRecord, handle) -> None:
+        self.by_fd[handle.pidfd] = rec
+        self.poller.register(handle.pidfd, zmq.POLLIN)
 
     def adopt(self, rec: VmRecord, handle) -> None:
         rec.worker = handle
-        self.by_fd[handle.pidfd] = rec
-        self.poller.register(handle.pidfd, zmq.POLLIN)
+        if handle.pidfd is not None:
+            self.watch_pidfd(rec, handle)
         self.poller.register(handle.sock, zmq.POLLIN)
         self.socks[handle.sock] = rec
         handle.send("attach", {}, lambda ok, res: ok and self.on_worker_status(handle, res), 5.0)
@@ -329,6 +389,8 @@ class Vmms:
         if rec is None or rec.worker is not handle:
             return
         handle.status = status
+        if handle.pid is None:
+            return   # taken up when the fork-server's answer gives its pid (`_launched`)
         try:
             state = VmState(status.get("state"))
         except ValueError:
@@ -553,6 +615,7 @@ class Vmms:
                     try:
                         self.expire_waiters()
                         self.hv.expire(now)
+                        self.forkserver.expire(now)
                         self.forkserver.ensure()
                         self.watch_forkserver()
                         self.drivers.tick(now)
@@ -572,7 +635,7 @@ class Vmms:
     def timers_pending(self) -> bool:
         """Anything with a deadline the housekeeping turn enforces: a call to the hypervisor or a
         worker, a start or stop waiter, a driver restarting or waited for."""
-        if self.hv.pending or self.drivers.timers_pending():
+        if self.hv.pending or self.drivers.timers_pending() or self.forkserver.pending:
             return True
         return any(rec.start_waiters or rec.exit_waiters or (rec.worker is not None and rec.worker.pending)
                    for rec in self.vms.values())
@@ -606,6 +669,7 @@ class Vmms:
             raise
 
     def close(self) -> None:
+        self.writer.close()   # what is pending written first (bounded)
         self.drivers.close()
         self.pub.close(0)
         self.router.close(0)
