@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -156,7 +157,6 @@ def test_starts_in_flight_survive_a_hung_then_killed_forkserver_and_vmms_keeps_s
     """Issue 16: launches are asynchronous. With the fork-server stopped, start-vm of three VMs
     leaves them Starting while vmms keeps answering; killing the stopped fork-server replaces it,
     the launches are retried, and each start answers Running with its config durable."""
-    import threading
 
     def forkserver():
         for p in psutil.process_iter(["cmdline"]):
