@@ -47,6 +47,7 @@ from parent.disk_metering import DiskMeter
 from parent.driver_supervisor import DriverSupervisor
 from parent.drivers import registry
 from parent.hypervisor_link import HypervisorLink
+from parent.sandbox_ids import vm_sandbox   # (at start-up: imported in the first start it cost ~50 ms)
 from parent.vm_devices import NETWORK_DRIVER, enabled_services, vm_devices
 from parent.vm_record import VmRecord
 from parent.worker_supervisor import ForkServer, WorkerHandle, find_live_workers, signal_worker
@@ -320,7 +321,6 @@ class Vmms:
         self.ensure_drivers(rec)
         self.disk_meter.vm_started(rec.id)
         cfg = rec.config
-        from parent.sandbox_ids import vm_sandbox
         sandbox = vm_sandbox(self, rec)  # the partition's own uid (DESIGN §9)
         launch = {"vm_id": rec.id, "name": rec.name, "home": str(self.home.root), "sandbox": sandbox,
                   "config": {**{k: cfg[k] for k in ("guest", "processor", "memory")},
