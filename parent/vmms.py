@@ -352,9 +352,8 @@ class Vmms:
         if err is None:
             try:
                 handle.set_pid(pid)
-            except OSError:
-                err = HvError("Internal", f"the worker (pid {pid}) of VM '{rec.name}' exited at once; "
-                                          "see the vmwp log")
+            except OSError:   # it exited (and was reaped) before its answer was read
+                err = self._early_exit_error(rec, pid)
         if err is None:
             self.watch_pidfd(rec, handle)
             if handle.status:   # what the worker said before its pid was known
@@ -371,6 +370,19 @@ class Vmms:
         else:
             self.unlock(rec, "start-vm")
             self.set_state(rec, VmState.Off, Reason=err.message)
+
+    def _early_exit_error(self, rec: VmRecord, pid: int) -> HvError:
+        """Why a worker that is gone before vmms took its pidfd failed: its exit file's error."""
+        exit_file = self.home.worker_exit_file(rec.id)
+        try:
+            error = json.loads(exit_file.read_text()).get("error")
+        except (OSError, ValueError, AttributeError):
+            error = None
+        exit_file.unlink(missing_ok=True)
+        if isinstance(error, dict):
+            return HvError.from_wire(error)
+        return HvError("Internal", f"the worker (pid {pid}) of VM '{rec.name}' exited at once; "
+                                   "see the vmwp log")
 
     def watch_pidfd(self, rec: VmRecord, handle) -> None:
         self.by_fd[handle.pidfd] = rec
