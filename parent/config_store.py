@@ -1,6 +1,10 @@
 """Durable VM configurations: one folder per VM under `<home>/vms/<VMId>/`, `config.json`
 written atomically (temp file, fsync, rename, fsync of the folder), so a kill at any moment
 leaves either the old or the new configuration, never half of one.
+
+`save` does it all at once (the caller waits for the disk); `write_file` + `sync_folder` are
+the same two steps apart, for parent/config_writer.py, which writes off vmms's loop and syncs
+each folder once per batch.
 """
 from __future__ import annotations
 
@@ -13,30 +17,54 @@ from hypervisor.runtime.paths import Home
 CONFIG_NAME = "config.json"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_replace(path: Path, data: bytes) -> None:
+    """The file's new content in a temp file, fsynced, renamed over it (its folder not synced:
+    the rename is durable once `sync_dir(path.parent)` returned)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def sync_dir(folder: Path) -> None:
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    write_replace(path, data)
+    sync_dir(path.parent)
+
+
 class ConfigStore:
     def __init__(self, home: Home):
         self.home = home
 
+    @staticmethod
+    def encode(config: dict) -> bytes:
+        return json.dumps(config, indent=2, sort_keys=True).encode()
+
     def save(self, config: dict) -> None:
-        folder = self.home.vm_dir(config["id"])
+        self.write_file(config["id"], self.encode(config))
+        self.sync_folder(config["id"])
+
+    def write_file(self, vm_id: str, data: bytes) -> None:
+        """`data` (an encoded configuration) renamed into place; durable after `sync_folder`."""
+        folder = self.home.vm_dir(vm_id)
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True).encode())
+        write_replace(folder / CONFIG_NAME, data)
+
+    def sync_folder(self, vm_id: str) -> None:
+        sync_dir(self.home.vm_dir(vm_id))
 
     def load_all(self, log=None) -> list[dict]:
         out = []

@@ -40,12 +40,14 @@ from hypervisor.runtime.rpc_server import DEFERRED, Request, RpcServer, bind_rou
 from parent.config_checks import config_problem
 from parent import saved_state
 from parent.config_store import ConfigStore
+from parent.config_writer import ConfigWriter
 from parent.control import CONTROL_OPS
 from parent.control.disk_ops import check_disks_for_start
 from parent.disk_metering import DiskMeter
 from parent.driver_supervisor import DriverSupervisor
 from parent.drivers import registry
 from parent.hypervisor_link import HypervisorLink
+from parent.sandbox_ids import vm_sandbox   # (at start-up: imported in the first start it cost ~50 ms)
 from parent.vm_devices import NETWORK_DRIVER, enabled_services, vm_devices
 from parent.vm_record import VmRecord
 from parent.worker_supervisor import ForkServer, WorkerHandle, find_live_workers, signal_worker
@@ -97,6 +99,11 @@ class Vmms:
         self.disk_meter = DiskMeter()         # measure-vm's disk bytes, from the storage driver
         self.drivers.on_stats = self.disk_meter.observe
         self.hv = HypervisorLink(self.ctx, home, self.watch_fd, self.unwatch_fd)
+        # the loop never waits on the disk for a start's config, nor on the fork-server for a
+        # worker's pid: both answer through descriptors this poller watches (issue 16)
+        self.writer = ConfigWriter(self.store)
+        self.watch_fd(self.writer.fd, self.writer.on_readable)
+        self.forkserver.attach_loop(self.watch_fd, self.unwatch_fd)
 
     # --- lookups ------------------------------------------------------------------------------
     def find(self, arg) -> VmRecord:
@@ -161,7 +168,13 @@ class Vmms:
             rec.busy = None
 
     def save_config(self, rec: VmRecord) -> None:
-        self.store.save(rec.config)
+        """Save the VM's configuration durably before returning (the loop waits on the disk)."""
+        self.writer.save(rec.config)
+
+    def save_config_async(self, rec: VmRecord, done) -> None:
+        """Save it off the loop: `done(err)` runs in the loop once it is durable (err None) or
+        the write failed (parent/config_writer.py)."""
+        self.writer.save_async(rec.config, done)
 
     def add_vm(self, rec: VmRecord) -> None:
         """A new VM: saved, then known."""
@@ -172,7 +185,7 @@ class Vmms:
 
     def forget_vm(self, rec: VmRecord) -> None:
         """A removed VM (without a worker): its configuration deleted, then unknown."""
-        self.store.remove(rec.id)
+        self.writer.remove(rec.id)
         self.vms.pop(rec.id, None)
         self.publish(rec, "removed")
         self.log.info("vm_removed", vm_id=rec.id, vm_name=rec.name)
@@ -297,12 +310,17 @@ class Vmms:
                                 lambda ok, res: None, 5.0)
 
     # --- workers ----------------------------------------------------------------------------
-    def launch(self, rec: VmRecord) -> None:
-        """Fork the VM's worker (after loading the driver hosts its devices need) and adopt it."""
+    def launch(self, rec: VmRecord, on_failed=None) -> None:
+        """Fork the VM's worker (after loading the driver hosts its devices need) and adopt it.
+
+        Asynchronous: the launch is sent to the fork-server and the worker adopted at once (its
+        DEALER connects before the worker binds); the pid and its pidfd follow with the
+        fork-server's answer. A launch that cannot be sent raises HvError here; one that fails
+        later (the fork-server died or hung twice, or refused) undoes the adoption and calls
+        `on_failed(err)` (by default: the VM back to Off)."""
         self.ensure_drivers(rec)
         self.disk_meter.vm_started(rec.id)
         cfg = rec.config
-        from parent.sandbox_ids import vm_sandbox
         sandbox = vm_sandbox(self, rec)  # the partition's own uid (DESIGN §9)
         launch = {"vm_id": rec.id, "name": rec.name, "home": str(self.home.root), "sandbox": sandbox,
                   "config": {**{k: cfg[k] for k in ("guest", "processor", "memory")},
@@ -311,15 +329,69 @@ class Vmms:
                              "com_ports": dict(cfg.get("com_ports") or {}),
                              "devices": vm_devices(rec), "driver_failures": self.driver_failures(rec),
                              **saved_state.launch_config(self, rec)}}
-        pid = self.forkserver.launch(launch)
-        handle = WorkerHandle(self.ctx, self.home, rec.id, pid, self.on_worker_status)
+        handle = WorkerHandle(self.ctx, self.home, rec.id, None, self.on_worker_status)
         handle.reserved_slots = () if sandbox["slot"] is None else (sandbox["slot"],)
+        try:
+            self.forkserver.launch(launch, lambda pid, err: self._launched(rec, handle, pid, err, on_failed))
+        except BaseException:
+            handle.close()
+            raise
         self.adopt(rec, handle)
+
+    def _launched(self, rec: VmRecord, handle, pid: int | None, err: HvError | None, on_failed) -> None:
+        """The fork-server's answer to a launch: the worker's pid, or why there is none."""
+        if rec.worker is not handle:   # not expected: the VM let go of this worker meanwhile
+            if pid is not None:
+                try:
+                    handle.set_pid(pid)
+                    handle.signal(signal.SIGKILL)
+                    handle.close()
+                except OSError:
+                    pass
+            return
+        if err is None:
+            try:
+                handle.set_pid(pid)
+            except OSError:   # it exited (and was reaped) before its answer was read
+                err = self._early_exit_error(rec, pid)
+        if err is None:
+            self.watch_pidfd(rec, handle)
+            if handle.status:   # what the worker said before its pid was known
+                self.on_worker_status(handle, handle.status)
+            return
+        self.poller.unregister(handle.sock)
+        self.socks.pop(handle.sock, None)
+        rec.worker = None
+        handle.fail_pending(err)
+        handle.close()
+        self.log.warning("worker_launch_failed", vm_id=rec.id, vm_name=rec.name, error=err.message)
+        if on_failed is not None:
+            on_failed(err)
+        else:
+            self.unlock(rec, "start-vm")
+            self.set_state(rec, VmState.Off, Reason=err.message)
+
+    def _early_exit_error(self, rec: VmRecord, pid: int) -> HvError:
+        """Why a worker that is gone before vmms took its pidfd failed: its exit file's error."""
+        exit_file = self.home.worker_exit_file(rec.id)
+        try:
+            error = json.loads(exit_file.read_text()).get("error")
+        except (OSError, ValueError, AttributeError):
+            error = None
+        exit_file.unlink(missing_ok=True)
+        if isinstance(error, dict):
+            return HvError.from_wire(error)
+        return HvError("Internal", f"the worker (pid {pid}) of VM '{rec.name}' exited at once; "
+                                   "see the vmwp log")
+
+    def watch_pidfd(self, rec: VmRecord, handle) -> None:
+        self.by_fd[handle.pidfd] = rec
+        self.poller.register(handle.pidfd, zmq.POLLIN)
 
     def adopt(self, rec: VmRecord, handle) -> None:
         rec.worker = handle
-        self.by_fd[handle.pidfd] = rec
-        self.poller.register(handle.pidfd, zmq.POLLIN)
+        if handle.pidfd is not None:
+            self.watch_pidfd(rec, handle)
         self.poller.register(handle.sock, zmq.POLLIN)
         self.socks[handle.sock] = rec
         handle.send("attach", {}, lambda ok, res: ok and self.on_worker_status(handle, res), 5.0)
@@ -329,6 +401,8 @@ class Vmms:
         if rec is None or rec.worker is not handle:
             return
         handle.status = status
+        if handle.pid is None:
+            return   # taken up when the fork-server's answer gives its pid (`_launched`)
         try:
             state = VmState(status.get("state"))
         except ValueError:
@@ -553,6 +627,7 @@ class Vmms:
                     try:
                         self.expire_waiters()
                         self.hv.expire(now)
+                        self.forkserver.expire(now)
                         self.forkserver.ensure()
                         self.watch_forkserver()
                         self.drivers.tick(now)
@@ -572,7 +647,7 @@ class Vmms:
     def timers_pending(self) -> bool:
         """Anything with a deadline the housekeeping turn enforces: a call to the hypervisor or a
         worker, a start or stop waiter, a driver restarting or waited for."""
-        if self.hv.pending or self.drivers.timers_pending():
+        if self.hv.pending or self.drivers.timers_pending() or self.forkserver.pending:
             return True
         return any(rec.start_waiters or rec.exit_waiters or (rec.worker is not None and rec.worker.pending)
                    for rec in self.vms.values())
@@ -606,6 +681,7 @@ class Vmms:
             raise
 
     def close(self) -> None:
+        self.writer.close()   # what is pending written first (bounded)
         self.drivers.close()
         self.pub.close(0)
         self.router.close(0)

@@ -8,9 +8,9 @@ held with flock by a live worker.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -33,17 +33,33 @@ _ids = itertools.count(1)
 
 
 class ForkServer:
-    """The worker fork-server's client. A fork-server that died (kill -9) or hangs (SIGSTOP)
-    is replaced by a fresh one (fork+exec, safe while vmms has a ZeroMQ context) and the launch
-    is tried once more on it; each exchange is bounded by LAUNCH_TIMEOUT."""
+    """The worker fork-server's client, asynchronous (issue 16): `launch` sends and returns; the
+    fork-server answers each launch in order (`{"pid": N}` or `{"error": ...}`) on its one
+    SEQPACKET socket, which vmms's loop watches (`attach_loop`), so the answers are matched to a
+    FIFO of pending launches and each launch's callback runs from the loop. Several launches
+    may be in flight.
+
+    A fork-server that died (kill -9) or hangs (SIGSTOP: no answer within LAUNCH_TIMEOUT of
+    the last one while launches are pending) is replaced by a fresh one (fork+exec, safe while
+    vmms has a ZeroMQ context) and what was in flight is tried once more on it; a launch that
+    fails twice fails with Unavailable."""
 
     LAUNCH_TIMEOUT = 2.0
     FRESH_TIMEOUT = 15.0   # a fresh fork-server first imports the worker code, then answers
     MAX_LAUNCH = 4 << 20   # as worker/forkserver.py: a VM's host KVP pool rides in its launch
+    TRIES = 2
 
     def __init__(self, home: Home):
         self.home = home
+        self.pending: collections.deque = collections.deque()   # [launch, callback, tries]
+        self.deadline: float | None = None   # the next answer is due by then (while pending)
+        self._watch = self._unwatch = None
         self._spawn()
+
+    def attach_loop(self, watch_fd, unwatch_fd) -> None:
+        """Let the loop watch the socket (re-registered whenever the fork-server is replaced)."""
+        self._watch, self._unwatch = watch_fd, unwatch_fd
+        watch_fd(self.sock.fileno(), self.on_readable)
 
     def _spawn(self) -> None:
         home = self.home
@@ -58,14 +74,18 @@ class ForkServer:
         allow_large_packets(ours, self.MAX_LAUNCH)
         self.sock = ours
         self.fresh = True
+        if self._watch is not None:
+            self._watch(ours.fileno(), self.on_readable)
 
     def ensure(self) -> None:
-        """From vmms's timer: a fork-server that died is replaced at once (non-blocking), so it
-        has imported the worker code before the next start-vm needs it."""
+        """From vmms's timer or the fork-server's pidfd: one that died is replaced at once, so
+        it has imported the worker code before the next start-vm needs it."""
         if self.proc.poll() is not None:
-            self._replace()
+            self._replace("it exited")
 
-    def _replace(self) -> None:
+    def _replace(self, why: str) -> None:
+        if self._unwatch is not None:
+            self._unwatch(self.sock.fileno())
         self.sock.close()
         self.proc.kill()   # dead already, or hung: either way it is replaced
         try:
@@ -73,44 +93,81 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             pass
         self._spawn()
-
-    def launch(self, launch: dict) -> int:
-        """Fork a worker for `launch` (LAUNCH_KEYS); its pid. Bounded wait; a dead or hung
-        fork-server is replaced and the launch tried once more."""
-        assert set(launch) == set(LAUNCH_KEYS), sorted(launch)
-        for attempt in (1, 2):
-            if self.proc.poll() is not None:
-                self._replace()
-            try:
-                reply = self._exchange(launch)
-            except OSError as exc:
-                if attempt == 2:
-                    raise HvError("Unavailable",
-                                  f"the worker fork-server failed twice: {exc}") from None
-                self._replace()
+        # what was in flight is tried once more on the fresh one, in the same order
+        inflight, self.pending = self.pending, collections.deque()
+        failed = []
+        for item in inflight:
+            if item[2] >= self.TRIES or not self._send(item[0]):
+                failed.append(item)
                 continue
-            self.fresh = False
-            if "pid" not in reply:
-                raise HvError("Internal", f"the worker fork-server refused: {reply.get('error')!r}")
-            return int(reply["pid"])
-        raise AssertionError("unreachable")
+            item[2] += 1
+            self.pending.append(item)
+        self._complete([(cb, None, HvError("Unavailable", f"the worker fork-server failed twice: {why}"))
+                        for _, cb, _ in failed])
 
-    def _exchange(self, launch: dict) -> dict:
+    def _send(self, launch: dict) -> bool:
         if not send_message(self.sock, {"launch": launch}):
-            raise OSError("it is gone, or the launch is larger than this host's socket "
-                          "buffers allow")
-        deadline = time.monotonic() + (self.FRESH_TIMEOUT if self.fresh else self.LAUNCH_TIMEOUT)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                raise OSError("no answer in time")
-            replies, closed = receive_messages(self.sock, accept_fds=False)
-            if replies:
-                return replies[0]
-            if closed:
-                raise OSError("it exited")
+            return False
+        if not self.pending:
+            self.deadline = time.monotonic() + (self.FRESH_TIMEOUT if self.fresh else self.LAUNCH_TIMEOUT)
+        return True
+
+    def launch(self, launch: dict, callback: Callable[[int | None, HvError | None], None]) -> None:
+        """Send the launch (LAUNCH_KEYS) and return: `callback(pid, None)` or `callback(None,
+        HvError)` follows from the loop. Raises HvError at once if it cannot be sent, even to a
+        fresh fork-server."""
+        assert set(launch) == set(LAUNCH_KEYS), sorted(launch)
+        if self.proc.poll() is not None:
+            self._replace("it exited")
+        tries = 1
+        if not self._send(launch):
+            self._replace("it is gone, or the launch is larger than this host's socket buffers allow")
+            if not self._send(launch):
+                raise HvError("Unavailable", "the worker fork-server failed twice: it is gone, or the "
+                                             "launch is larger than this host's socket buffers allow")
+            tries = 2
+        self.pending.append([launch, callback, tries])
+
+    def on_readable(self) -> None:
+        """Answers, in the order of the launches."""
+        replies, closed = receive_messages(self.sock, accept_fds=False)
+        done = []
+        for reply in replies:
+            if not self.pending:
+                break   # nothing asked: ignored
+            _, callback, _ = self.pending.popleft()
+            self.fresh = False
+            if "pid" in reply:
+                done.append((callback, int(reply["pid"]), None))
+            else:
+                done.append((callback, None, HvError(
+                    "Internal", f"the worker fork-server refused: {reply.get('error')!r}")))
+        if replies:
+            self.deadline = time.monotonic() + self.LAUNCH_TIMEOUT if self.pending else None
+        if closed:
+            self._replace("it exited")
+        self._complete(done)
+
+    def expire(self, now: float) -> None:
+        """From vmms's timer: launches pending and no answer in time: a hung fork-server."""
+        if self.pending and self.deadline is not None and now >= self.deadline:
+            self._replace("no answer in time")
+
+    @staticmethod
+    def _complete(done: list) -> None:
+        """Run each callback; one that raises does not stop the others (re-raised after)."""
+        error = None
+        for callback, pid, err in done:
+            try:
+                callback(pid, err)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def close(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch(self.sock.fileno())
         self.sock.close()
         try:
             self.proc.wait(timeout=5)
@@ -123,15 +180,34 @@ Callback = Callable[[bool, object], None]
 
 
 class WorkerHandle:
-    def __init__(self, ctx: zmq.Context, home: Home, vm_id: str, pid: int,
+    """A launched worker's pid may follow its handle (the fork-server answers asynchronously):
+    until `set_pid`, requests queue on the DEALER and signals are held, then sent."""
+
+    def __init__(self, ctx: zmq.Context, home: Home, vm_id: str, pid: int | None,
                  on_status: Callable[["WorkerHandle", dict], None]):
-        self.vm_id, self.pid = vm_id, pid
-        self.pidfd = os.pidfd_open(pid)
+        self.vm_id = vm_id
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self._held: list[int] = []            # signals asked for before the pid was known
         # vmms connects as soon as the worker is forked, before it has bound: retry fast
         self.sock = dealer_socket(ctx, home.worker_endpoint(vm_id), reconnect_ms=2, reconnect_max_ms=10)
         self.pending: dict[str, tuple[Callback, float]] = {}
         self.status: dict = {}
         self.on_status = on_status
+        if pid is not None:
+            try:
+                self.set_pid(pid)
+            except OSError:
+                self.sock.close(0)
+                raise
+
+    def set_pid(self, pid: int) -> None:
+        """The worker's pid is known: its pidfd (OSError if it is gone already), held signals."""
+        self.pidfd = os.pidfd_open(pid)
+        self.pid = pid
+        held, self._held = self._held, []
+        for sig in held:
+            self.signal(sig)
 
     def send(self, op: str, args: dict, callback: Callback, timeout: float) -> None:
         assert op in WORKER_OPS, op
@@ -164,7 +240,11 @@ class WorkerHandle:
                 entry[0](False, HvError.from_wire(env.get("error")))
 
     def signal(self, sig: int) -> None:
-        """Signal the worker through its pidfd: a reused pid number can never be hit."""
+        """Signal the worker through its pidfd: a reused pid number can never be hit (held until
+        its pid is known)."""
+        if self.pidfd is None:
+            self._held.append(sig)
+            return
         try:
             signal.pidfd_send_signal(self.pidfd, sig)
         except (ProcessLookupError, OSError):
@@ -183,10 +263,11 @@ class WorkerHandle:
 
     def close(self) -> None:
         self.sock.close(0)
-        try:
-            os.close(self.pidfd)
-        except OSError:
-            pass
+        if self.pidfd is not None:
+            try:
+                os.close(self.pidfd)
+            except OSError:
+                pass
 
 
 def signal_worker(home: Home, vm_id: str, pid: int, sig: int) -> bool:

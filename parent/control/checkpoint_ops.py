@@ -253,6 +253,16 @@ def quiesce(vmms, rec, then) -> None:
 
 def restart(vmms, rec, then) -> None:
     """Start the Saved VM again (start-vm's path); `then(err)` once Running or failed."""
+    deadline = time.monotonic() + 30.0
+    waiters = [(lambda err: saved_state.resumed(vmms, rec, err), deadline), (then, deadline)]
+
+    def launch_failed(err):   # the fork-server's late failure: as if the launch had raised
+        vmms.unlock(rec, "start-vm")
+        vmms.set_state(rec, VmState.Saved)
+        for waiter in waiters:
+            if waiter in rec.start_waiters:
+                rec.start_waiters.remove(waiter)
+        then(err)
     try:
         check_disks_for_start(vmms, rec)
         saved_state.check_restorable(vmms, rec)
@@ -260,15 +270,13 @@ def restart(vmms, rec, then) -> None:
         vmms.set_state(rec, VmState.Starting)
         rec.config["was_running"] = True
         vmms.save_config(rec)
-        vmms.launch(rec)
+        vmms.launch(rec, on_failed=launch_failed)
     except HvError as err:
         vmms.unlock(rec)
         vmms.set_state(rec, VmState.Saved)
         then(err)
         return
-    deadline = time.monotonic() + 30.0
-    rec.start_waiters.append((lambda err: saved_state.resumed(vmms, rec, err), deadline))
-    rec.start_waiters.append((then, deadline))
+    rec.start_waiters.extend(waiters)
 
 
 @control_op("get-vmsnapshot")

@@ -73,28 +73,72 @@ def start_vm(vmms, req):
     check_disks_for_start(vmms, rec)  # attached disks valid and used by no one else
     saved_state.check_restorable(vmms, rec)  # a Saved VM's state file checks out
     before = rec.state
+    prior = {key: rec.config.get(key) for key in ("was_running", "last_exit_reason")}
+    deadline = time.monotonic() + get_float(req.args, "timeout", 30.0, lo=0.1, hi=600)
+    start = _Start(vmms, req, rec, before, prior)
     vmms.lock(rec, "start-vm")
     try:
         vmms.set_state(rec, VmState.Starting)
         rec.config["was_running"] = True
         rec.config["last_exit_reason"] = None
-        vmms.launch(rec)
+        vmms.launch(rec, on_failed=start.launch_failed)
     except BaseException:
         vmms.unlock(rec)
         vmms.set_state(rec, before)
         raise
-    try:
-        # durable while the worker starts (its fsyncs are off the start's path); the client's
-        # answer comes after this in any case
-        vmms.save_config(rec)
-    except BaseException:
-        rec.worker.signal(signal.SIGKILL)   # not durable: the start is undone (its exit unlocks)
-        raise
-    deadline = time.monotonic() + get_float(req.args, "timeout", 30.0, lo=0.1, hi=600)
-    if before == VmState.Saved:   # once Running again, the saved state is spent
-        rec.start_waiters.append((lambda err: saved_state.resumed(vmms, rec, err), deadline))
-    rec.start_waiters.append((vmms.answer(req, rec), deadline))
+    start.handle = rec.worker
+    # durable while the worker starts, off vmms's loop (parent/config_writer.py); the client's
+    # answer waits for both
+    vmms.save_config_async(rec, start.saved)
+    start.waiter = (start.running, deadline)
+    rec.start_waiters.append(start.waiter)
     return DEFERRED
+
+
+class _Start:
+    """One start-vm's completion: the client is answered once the VM is Running AND its
+    configuration is durable (the start is undone if it cannot be saved), or with the first
+    failure: the launch, the worker, the deadline or the write."""
+
+    def __init__(self, vmms, req, rec, before, prior: dict):
+        self.vmms, self.req, self.rec, self.before, self.prior = vmms, req, rec, before, prior
+        self.handle = self.waiter = None
+        self.is_running = self.is_durable = self.answered = False
+
+    def running(self, err) -> None:          # a start waiter: Running, or the start failed
+        self.is_running = err is None
+        self.finish(err)
+
+    def saved(self, err) -> None:            # the config writer: durable, or not
+        self.is_durable = err is None
+        if err is not None and not self.answered:
+            # not durable: the start is undone, as when the save failed in the loop (its exit unlocks)
+            if self.waiter in self.rec.start_waiters:
+                self.rec.start_waiters.remove(self.waiter)
+            if self.rec.worker is self.handle and self.handle is not None:
+                self.handle.signal(signal.SIGKILL)
+        self.finish(err)
+
+    def launch_failed(self, err) -> None:    # no worker after all: as before the start
+        vmms, rec = self.vmms, self.rec
+        vmms.unlock(rec, "start-vm")
+        vmms.set_state(rec, self.before, Reason=err.message)
+        rec.config.update(self.prior)
+        if self.waiter in rec.start_waiters:
+            rec.start_waiters.remove(self.waiter)
+        vmms.save_config_async(rec, lambda _err: None)   # the disk says what memory says
+        self.finish(err)
+
+    def finish(self, err) -> None:
+        if self.answered or (err is None and not (self.is_running and self.is_durable)):
+            return
+        self.answered = True
+        rec = self.rec
+        if err is None and rec.worker is not self.handle:
+            err = HvError("InvalidState", f"VM '{rec.name}' stopped while starting")
+        if err is None and self.before == VmState.Saved:
+            saved_state.resumed(self.vmms, rec, None)   # once Running again, the state is spent
+        self.vmms.answer(self.req, rec)(err)
 
 
 @control_op("stop-vm")

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -150,6 +151,50 @@ def test_killed_worker_forkserver_is_replaced(hh):
     assert hh.vm("fs1")["State"] == "Running"
     hh.call("stop-vm", vm="fs1", turn_off=True)
     hh.call("remove-vm", vm="fs1")
+
+
+def test_starts_in_flight_survive_a_hung_then_killed_forkserver_and_vmms_keeps_serving(hh):
+    """Issue 16: launches are asynchronous. With the fork-server stopped, start-vm of three VMs
+    leaves them Starting while vmms keeps answering; killing the stopped fork-server replaces it,
+    the launches are retried, and each start answers Running with its config durable."""
+
+    def forkserver():
+        for p in psutil.process_iter(["cmdline"]):
+            if (p.info["cmdline"] or [""])[0].startswith("vmms-forkserver") and str(hh.home) in " ".join(p.info["cmdline"]):
+                return p
+    names = ["af1", "af2", "af3"]
+    for name in names:
+        hh.new_vm(name)
+    fs = wait_until(forkserver, 5, what="vmms-forkserver")
+    fs.suspend()
+    results = {}
+
+    def start():
+        c = Client(hh.home, timeout=40)
+        try:
+            results["start"] = c.call_many([("start-vm", {"vm": n}) for n in names])
+        finally:
+            c.close()
+    worker = threading.Thread(target=start)
+    try:
+        worker.start()
+        wait_until(lambda: all(hh.vm(n)["State"] == "Starting" for n in names), 10,
+                   what="the three VMs Starting, their launches in flight")
+        t0 = time.monotonic()
+        assert len(hh.call("get-vm")) >= 3 and time.monotonic() - t0 < 2.0   # the loop is free
+    finally:
+        fs.kill()   # (a stopped process dies of SIGKILL too)
+    worker.join(40)
+    assert not worker.is_alive(), "start-vm did not answer"
+    assert all(not isinstance(r, Exception) and r["State"] == "Running" for r in results["start"]), results
+    pids = {hh.vm(n)["WorkerProcessId"] for n in names}
+    assert len(pids) == 3 and all(alive(p) for p in pids)
+    for name in names:
+        vm = hh.vm(name)
+        on_disk = json.loads((hh.home / "vms" / vm["Id"] / "config.json").read_text())
+        assert on_disk["was_running"] is True     # durable before the answer
+        hh.call("stop-vm", vm=name, turn_off=True)
+        hh.call("remove-vm", vm=name)
 
 
 def test_the_spare_worker_becomes_the_next_vm_and_a_killed_spare_is_replaced(hh):
