@@ -163,6 +163,11 @@ class HostPaths:
     python: tuple[str, ...]
     exposed: tuple[Mount, ...]
 
+    @property
+    def under_tmp(self) -> tuple[str, ...]:
+        """The paths `private_tmp("/tmp", ...)` must keep (a checkout under /tmp); mostly none."""
+        return tuple(p for p in self.python if p.startswith("/tmp/"))
+
 
 def host_paths(searchable=_searchable) -> HostPaths:
     """This interpreter's `HostPaths`, computed now."""
@@ -208,7 +213,7 @@ def partition_plan(mode: str, uid: int | None, gid: int | None, hostname: str,
                                   "network and signals",))
     paths = host_paths() if paths is None else paths
     tmp_options = f"size={tmp_size},mode=1777"
-    tmpfs = (private_tmp("/tmp", tmp_options, hide, paths.python),
+    tmpfs = (private_tmp("/tmp", tmp_options, hide, paths.under_tmp),
              Mount("tmpfs", "/dev/shm", tmp_options))
     userns = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
     if mode == "UserNamespace":

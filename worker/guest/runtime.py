@@ -24,7 +24,6 @@ import ctypes
 import gc
 import os
 import select
-import selectors
 import signal
 import time
 
@@ -130,14 +129,12 @@ class Guest:
         self.link.send({"t": "console", "data": data})
 
     def wait_boot(self) -> dict:
-        sel = selectors.DefaultSelector()
-        sel.register(self.link.sock, selectors.EVENT_READ)
+        link = [self.link.sock]
         deadline = time.monotonic() + BOOT_TIMEOUT
         while time.monotonic() < deadline and not self.link.closed:
-            sel.select(max(0.0, deadline - time.monotonic()))
+            select.select(link, (), (), max(0.0, deadline - time.monotonic()))
             for msg in self.link.receive():
                 if msg.get("t") == "boot":
-                    sel.close()
                     return msg
         os._exit(2)  # never booted: nothing to clean up
 
