@@ -162,17 +162,14 @@ class HostPaths:
     image every VM shares (worker/guest/runtime.py), not in each guest (issue 16)."""
     python: tuple[str, ...]
     exposed: tuple[Mount, ...]
-
-    @property
-    def under_tmp(self) -> tuple[str, ...]:
-        """The paths `private_tmp("/tmp", ...)` must keep (a checkout under /tmp); mostly none."""
-        return tuple(p for p in self.python if p.startswith("/tmp/"))
+    under_tmp: tuple[str, ...] = ()   # those below /tmp (a checkout there): `private_tmp` keeps them
 
 
 def host_paths(searchable=_searchable) -> HostPaths:
     """This interpreter's `HostPaths`, computed now."""
     python = tuple(sorted({os.path.abspath(p) for p in python_paths()}))
-    return HostPaths(python, exposures(python, searchable))
+    return HostPaths(python, exposures(python, searchable),
+                     tuple(p for p in python if p.startswith("/tmp/")))
 
 
 def private_tmp(target: str, options: str, hide=(), needed=None) -> Mount:

@@ -123,12 +123,13 @@ def test_a_plan_from_precomputed_host_paths_equals_one_computed_on_the_spot(mode
     assert sb.partition_plan(mode, uid, uid, "vm", hide=hide, paths=paths) == \
         sb.partition_plan(mode, uid, uid, "vm", hide=hide)
     assert paths.python == tuple(sorted(set(paths.python)))
+    assert paths.under_tmp == tuple(p for p in paths.python if p.startswith("/tmp/"))
     assert all(p.startswith("/") for p in paths.python)
 
 
 def test_host_paths_of_a_checkout_under_tmp_keep_it_in_the_private_tmp():
-    paths = sb.HostPaths(("/tmp/ci", "/tmp/ci/.venv/lib/site", "/usr/lib/python3"), ())
-    assert paths.under_tmp == ("/tmp/ci", "/tmp/ci/.venv/lib/site")
+    python = ("/tmp/ci", "/tmp/ci/.venv/lib/site", "/usr/lib/python3")
+    paths = sb.HostPaths(python, (), python[:2])
     plan = sb.partition_plan("Full", 2_000_078, 2_000_078, "vm", hide=["/tmp/hv1"], paths=paths)
     tmp = [m for m in plan.host_mounts if m.target == "/tmp"][0]
     assert tmp.binds == ("/tmp/ci",)
