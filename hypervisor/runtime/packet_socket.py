@@ -20,6 +20,7 @@ from hypervisor.runtime.errors import HvError
 
 MAX_FDS = 8
 MAX_CONTROL_MESSAGE = 256 * 1024
+_TRUNCATED = int(socket.MSG_CTRUNC | socket.MSG_TRUNC)   # a plain int: no enum work per packet
 
 
 def send_message(sock: socket.socket, msg: dict, fds: list[int] = ()) -> bool:
@@ -60,7 +61,7 @@ def receive_messages(sock: socket.socket, accept_fds: bool, limit: int = 256,
             msg: Any = wire.unpack(data)
         except HvError:
             msg = None
-        if not isinstance(msg, dict) or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        if not isinstance(msg, dict) or flags & _TRUNCATED:
             for fd in fds:
                 os.close(fd)
             continue

@@ -41,6 +41,7 @@ import fcntl
 import os
 import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 
 CLONE_NEWNS = 0x00020000
@@ -68,6 +69,11 @@ TMP_SIZE = 64 << 20          # each partition's private /tmp and /dev/shm (a bou
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
+# looked up now (CDLL caches a function on first use): at import, in the fork-servers' shared
+# image, rather than in each sandboxed child (issue 16)
+for _name in ("unshare", "setns", "prctl", "sethostname", "clearenv"):
+    getattr(_libc, _name)
+del _name
 
 
 @dataclass(frozen=True)
@@ -143,9 +149,27 @@ def exposures(needed, searchable=_searchable) -> tuple[Mount, ...]:
 
 def python_paths() -> list[str]:
     """What this interpreter reads after the sandbox: its installation and sys.path."""
-    import sys
     return [p for p in {sys.base_prefix, sys.prefix, sys.exec_prefix, *sys.path}
             if p and os.path.isdir(p)]
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """The per-host part of a sandbox plan: what this interpreter reads after its sandbox
+    (`python_paths`, absolute, sorted, once each) and the `exposures` they need. It is the same
+    for every partition of a host and costs stat calls and path work (~0.8 ms), so it is
+    computed once: the guest runtime does it at its import, in the worker fork-server whose
+    image every VM shares (worker/guest/runtime.py), not in each guest (issue 16)."""
+    python: tuple[str, ...]
+    exposed: tuple[Mount, ...]
+    under_tmp: tuple[str, ...] = ()   # those below /tmp (a checkout there): `private_tmp` keeps them
+
+
+def host_paths(searchable=_searchable) -> HostPaths:
+    """This interpreter's `HostPaths`, computed now."""
+    python = tuple(sorted({os.path.abspath(p) for p in python_paths()}))
+    return HostPaths(python, exposures(python, searchable),
+                     tuple(p for p in python if p.startswith("/tmp/")))
 
 
 def private_tmp(target: str, options: str, hide=(), needed=None) -> Mount:
@@ -153,9 +177,11 @@ def private_tmp(target: str, options: str, hide=(), needed=None) -> Mount:
     below `target` (a checkout under /tmp), but never a folder holding a hidden path. Pure given
     `needed`."""
     needed = python_paths() if needed is None else needed
+    prefix = target + "/"
+    under = sorted({a for a in map(os.path.abspath, needed) if a.startswith(prefix)})
+    if not under:
+        return Mount("tmpfs", target, options)
     hidden = [os.path.abspath(os.fspath(h)) for h in hide]
-    under = sorted({os.path.abspath(p) for p in needed
-                    if os.path.abspath(p).startswith(target + "/")})
     under = [p for p in under if not any(h == p or h.startswith(p + "/") for h in hidden)]
     keep = [p for p in under if not any(p != q and p.startswith(q + "/") for q in under)]
     return Mount("tmpfs", target, options, tuple(keep))
@@ -172,17 +198,20 @@ def _hidden(hide) -> tuple[Mount, ...]:
 
 
 def partition_plan(mode: str, uid: int | None, gid: int | None, hostname: str,
-                   hide=(), tmp_size: int = TMP_SIZE) -> SandboxPlan:
+                   hide=(), tmp_size: int = TMP_SIZE, paths: HostPaths | None = None) -> SandboxPlan:
     """A child partition's sandbox (the worker forks the guest with `fork_in_new_pid_ns` first
-    in `Full` mode, so the guest is pid 1 of its own PID namespace)."""
+    in `Full` mode, so the guest is pid 1 of its own PID namespace). `paths`: this host's
+    `HostPaths` if already computed (the same plan results; None: computed now)."""
     if mode not in MODES:
         raise ValueError(f"isolation mode {mode!r} is not one of {MODES}")
-    tmpfs = (private_tmp("/tmp", f"size={tmp_size},mode=1777", hide),
-             Mount("tmpfs", "/dev/shm", f"size={tmp_size},mode=1777"))
     if mode == "None":
         return SandboxPlan("None", dumpable=True,
                            notes=("no namespaces: the guest shares the host's uid, /proc, /tmp, "
                                   "network and signals",))
+    paths = host_paths() if paths is None else paths
+    tmp_options = f"size={tmp_size},mode=1777"
+    tmpfs = (private_tmp("/tmp", tmp_options, hide, paths.under_tmp),
+             Mount("tmpfs", "/dev/shm", tmp_options))
     userns = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
     if mode == "UserNamespace":
         return SandboxPlan("UserNamespace", user_flags=userns,
@@ -194,8 +223,8 @@ def partition_plan(mode: str, uid: int | None, gid: int | None, hostname: str,
     if uid is None or gid is None or uid <= 0 or gid <= 0:
         raise ValueError("Full isolation needs the VM's own (non-root) uid and gid")
     return SandboxPlan("Full", uid=uid, gid=gid, host_flags=CLONE_NEWNS,
-                       host_mounts=(Mount("proc", "/proc"),) + tmpfs
-                       + exposures(python_paths()) + _hidden(hide),
+                       host_mounts=(Mount("proc", "/proc"),) + tmpfs + paths.exposed
+                       + _hidden(hide),
                        user_flags=userns, user_mounts=(Mount("sysfs", "/sys"),), hostname=hostname,
                        loopback_up=True, dumpable=True)
 
@@ -313,6 +342,18 @@ def fork_in_new_pid_ns() -> int:
         os.close(own)
 
 
+def _make_dirs(top: str, path: str) -> None:
+    """The folders from `top` (a fresh tmpfs) down to `path` below it (os.makedirs without its
+    stat of every level)."""
+    at = top
+    for part in path[len(top) + 1:].split("/"):
+        at = f"{at}/{part}"
+        try:
+            os.mkdir(at, 0o755)
+        except FileExistsError:
+            pass
+
+
 def _tmpfs_with_binds(target: str, options: str, binds) -> None:
     """A tmpfs over `target` in which each path of `binds` (below it) stays, read-only."""
     fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in binds]  # before they are covered
@@ -320,7 +361,7 @@ def _tmpfs_with_binds(target: str, options: str, binds) -> None:
     try:
         mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
         for p, fd in zip(binds, fds):
-            os.makedirs(p, mode=0o755, exist_ok=True)
+            _make_dirs(target, p)
             mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
             mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
     finally:
@@ -390,11 +431,13 @@ def apply(plan: SandboxPlan) -> None:
                 pass
             _write("/proc/self/uid_map", maps[0])
             _write("/proc/self/gid_map", maps[1])
-    if plan.user_flags:
-        if plan.user_flags & CLONE_NEWNS:
+    if plan.user_flags & CLONE_NEWNS:
+        if not plan.host_flags & CLONE_NEWNS:
+            # (after a host-side mount namespace every mount is private already, those made
+            # since included: its copy needs no second pass)
             mount(None, "/", None, MS_REC | MS_PRIVATE)
-            for m in plan.user_mounts:
-                _mount_one(m)
+        for m in plan.user_mounts:
+            _mount_one(m)
     if plan.hostname and plan.user_flags & CLONE_NEWUTS:
         sethostname(plan.hostname)
     if plan.loopback_up and plan.user_flags & CLONE_NEWNET:

@@ -50,6 +50,11 @@ def test_a_partition_runs_under_its_own_uid_in_its_own_namespaces_and_dies_whole
     assert open(f"/proc/{guest}/gid_map").read().split() == ["0", str(gid1), "1"]
     assert open(f"/proc/{guest}/setgroups").read().strip() == "allow"
     assert status_field(guest, "Groups") == ""
+    # every mount it sees is private: none propagates to or from the host's
+    with open(f"/proc/{guest}/mountinfo") as f:
+        mounts = f.read().splitlines()
+    assert mounts and not [m for m in mounts if " shared:" in m or " master:" in m]
+    assert any(" /proc proc " in m or " /proc " in m for m in mounts)
     worker = vm1["WorkerProcessId"]
     assert ns(worker, "pid") == ns(os.getpid(), "pid")    # the worker stays in the host's
     assert psutil.Process(guest).cmdline()[0].startswith("vmmem s1 ")

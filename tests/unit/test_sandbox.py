@@ -111,3 +111,33 @@ def test_private_tmp_keeps_code_under_tmp_readable_but_never_a_hidden_home():
     m = sb.private_tmp("/tmp", "size=1m", hide=["/tmp/ci/home"], needed=needed)
     assert m.binds == ("/tmp/ci/.venv/lib/python3.11/site-packages",)
     assert sb.private_tmp("/tmp", "size=1m", needed=["/usr/lib"]).binds == ()
+
+
+@pytest.mark.parametrize("mode", sb.MODES)
+@pytest.mark.parametrize("hide", [["/tmp/hv123"], ["/srv/hvemu"], []])
+def test_a_plan_from_precomputed_host_paths_equals_one_computed_on_the_spot(mode, hide):
+    """The guest runtime computes `HostPaths` once at import (in the worker fork-server's
+    image); every plan made from it is the plan computed from scratch."""
+    uid = 2_000_077 if mode == "Full" else None
+    paths = sb.host_paths()
+    assert sb.partition_plan(mode, uid, uid, "vm", hide=hide, paths=paths) == \
+        sb.partition_plan(mode, uid, uid, "vm", hide=hide)
+    assert paths.python == tuple(sorted(set(paths.python)))
+    assert paths.under_tmp == tuple(p for p in paths.python if p.startswith("/tmp/"))
+    assert all(p.startswith("/") for p in paths.python)
+
+
+def test_host_paths_of_a_checkout_under_tmp_keep_it_in_the_private_tmp():
+    python = ("/tmp/ci", "/tmp/ci/.venv/lib/site", "/usr/lib/python3")
+    paths = sb.HostPaths(python, (), python[:2])
+    plan = sb.partition_plan("Full", 2_000_078, 2_000_078, "vm", hide=["/tmp/hv1"], paths=paths)
+    tmp = [m for m in plan.host_mounts if m.target == "/tmp"][0]
+    assert tmp.binds == ("/tmp/ci",)
+    assert sb.private_tmp("/tmp", tmp.options, ["/tmp/hv1"], paths.python) == tmp
+
+
+def test_make_dirs_creates_every_level_below_the_top_once(tmp_path):
+    top = str(tmp_path)
+    sb._make_dirs(top, f"{top}/a/b/c")
+    sb._make_dirs(top, f"{top}/a/b/d")      # levels that exist already are fine
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["c", "d"]
