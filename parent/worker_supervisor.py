@@ -189,8 +189,10 @@ class WorkerHandle:
         self.pid: int | None = None
         self.pidfd: int | None = None
         self._held: list[int] = []            # signals asked for before the pid was known
-        # vmms connects as soon as the worker is forked, before it has bound: retry fast
-        self.sock = dealer_socket(ctx, home.worker_endpoint(vm_id), reconnect_ms=2, reconnect_max_ms=10)
+        # vmms connects as soon as the worker is forked, before it has bound: retry fast (2, 4,
+        # 8 ms ...), backing off to 40 ms, so a burst of 200 starts, whose workers bind late,
+        # does not spin vmms's I/O thread on connect attempts (issue 16)
+        self.sock = dealer_socket(ctx, home.worker_endpoint(vm_id), reconnect_ms=2, reconnect_max_ms=40)
         self.pending: dict[str, tuple[Callback, float]] = {}
         self.status: dict = {}
         self.on_status = on_status
