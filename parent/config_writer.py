@@ -107,10 +107,6 @@ class ConfigWriter:
             for done in callbacks:
                 done(err)
 
-    def busy(self) -> bool:
-        with self._cond:
-            return bool(self._pending)
-
     def close(self) -> None:
         """Write what is pending, then stop the thread (bounded by CLOSE_TIMEOUT)."""
         with self._cond:

@@ -71,7 +71,7 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
                         ctypes.c_char_p]
 # looked up now (CDLL caches a function on first use): at import, in the fork-servers' shared
 # image, rather than in each sandboxed child (issue 16)
-for _name in ("unshare", "setns", "prctl", "sethostname", "clearenv"):
+for _name in ("unshare", "setns", "prctl", "sethostname"):
     getattr(_libc, _name)
 del _name
 
