@@ -23,7 +23,7 @@ import zmq
 
 from hypervisor.runtime import isolation, process_tree, sandbox, signal_wakeup
 from hypervisor import driver_model
-from hypervisor.cpu_scheduler import CpuScheduler, ProcessorSettings
+from hypervisor.cpu_scheduler import CpuScheduler, ProcessorSettings, paced_wakeup
 from hypervisor.runtime.errors import HvError
 from hypervisor.guest_memory import GuestMemory, sweep_stale
 from hypervisor.ledger_history import LedgerHistory
@@ -353,6 +353,7 @@ class Hypervisor:
         return probe.members if probe is not None else []
 
     def _tick(self, now: float, rescan: bool) -> float:
+        cpu0 = time.thread_time()
         usage, waiting = self._measure(rescan)
         if rescan:
             self._measure_outside_load(now, sum(self._cpu_seen.values()))
@@ -362,6 +363,7 @@ class Hypervisor:
         for pid in result.cont:
             process_tree.continue_pids(self._members(pid))
         self._wakeup = max(result.next_wakeup, now + QUIET_TICK) if result.quiet else result.next_wakeup
+        self._wakeup = paced_wakeup(self._wakeup, time.monotonic(), time.thread_time() - cpu0)
         self._quiet = result.quiet
         return self._wakeup
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hypervisor.cpu_scheduler import (CpuScheduler, Demand, ProcessorSettings, TickResult,
-                                      allocate)
+                                      allocate, paced_wakeup)
 from hypervisor.runtime.errors import HvError
 
 PERIOD = 0.1
@@ -535,3 +535,20 @@ def test_idle_bursts_on_an_uncontended_host_are_not_stopped():
     assert "p0" not in result.stop
     assert "capped" in result.stop
     assert result.next_wakeup >= t + PERIOD / 2 + 0.004
+
+
+@given(st.floats(0, 1e4), st.floats(0, 1e4), st.floats(0, 0.5), st.floats(0.01, 1.0))
+def test_paced_wakeup_keeps_the_ticks_within_their_share_of_a_cpu(wakeup, end, cpu, duty):
+    at = paced_wakeup(wakeup, end, cpu, duty)
+    assert at >= wakeup                                  # never earlier than a budget needs
+    assert at - end >= cpu * (1 - duty) / duty - 1e-9    # tick CPU / (tick + gap) <= duty
+    if end + cpu * (1 - duty) / duty <= wakeup:
+        assert at == wakeup                              # a cheap tick is not delayed at all
+
+
+def test_paced_wakeup_spaces_costly_ticks_and_leaves_cheap_ones_alone():
+    # 200 partitions: a 6.7 ms tick waits 20 ms (a quarter of one CPU at most), not the 1 ms
+    # its first budget asked for
+    assert paced_wakeup(10.001, 10.0, 0.0067, duty=0.25) == pytest.approx(10.0201)
+    # a few partitions: a 0.2 ms tick keeps the scheduler's own 5 ms deadline
+    assert paced_wakeup(10.005, 10.0, 0.0002, duty=0.25) == 10.005
