@@ -3,8 +3,8 @@
 It governs CPU time and memory and nothing else (DESIGN.md §4): no device I/O ever reaches it —
 except in the monolithic driver model (hypervisor/monolithic_drivers.py), which adds one thread
 per driver loaded into it and maps every partition's RAM, to show what that costs.
-One loop: a zmq poller over the hypercall socket, a signal wake-up pipe and a pidfd per
-partition process (deaths are noticed at once). The loop sleeps until the earlier of the
+One loop: an epoll poller (runtime/event_poller.py) over the hypercall socket, a signal
+wake-up pipe and a pidfd per partition process (deaths are noticed at once). The loop sleeps until the earlier of the
 next message, the next death, or the moment the scheduler says a CPU budget can run out.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from hypervisor.runtime import isolation, process_tree, sandbox, signal_wakeup
 from hypervisor import driver_model
 from hypervisor.cpu_scheduler import CpuScheduler, ProcessorSettings, paced_wakeup
 from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.event_poller import EventPoller
 from hypervisor.guest_memory import GuestMemory, sweep_stale
 from hypervisor.ledger_history import LedgerHistory
 from hypervisor.hypercalls import HYPERCALLS, authorize
@@ -380,7 +381,7 @@ class Hypervisor:
                     self.cgroups.set_memory(pid, size, reclaim=part.memory.reclaim)
 
     def serve(self, router) -> None:
-        self.poller = zmq.Poller()
+        self.poller = EventPoller()   # epoll: a poll costs what is ready, not two per partition
         self.poller.register(router, zmq.POLLIN)
         rfd = signal_wakeup.install()
         self.poller.register(rfd, zmq.POLLIN)

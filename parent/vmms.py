@@ -33,6 +33,7 @@ import zmq
 from hypervisor import hypercall_defs as hc
 from hypervisor.runtime import limits, signal_wakeup, wire
 from hypervisor.runtime.errors import HvError
+from hypervisor.runtime.event_poller import EventPoller
 from hypervisor.runtime.logging_setup import configure
 from hypervisor.runtime.paths import Home
 from hypervisor.runtime.pidfile import PidFile, read_pid
@@ -91,7 +92,7 @@ class Vmms:
             os.umask(old)
         self.server = RpcServer(self.router, {name: (lambda req, op=op: self.run_op(op.handler, req))
                                               for name, op in CONTROL_OPS.items()}, self.log)
-        self.poller = zmq.Poller()
+        self.poller = EventPoller()   # epoll: a poll costs what is ready, not one per VM (issue 16)
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.pub, zmq.POLLIN)
         self.drivers = DriverSupervisor(home, log, self.watch_fd, self.unwatch_fd,
@@ -392,7 +393,8 @@ class Vmms:
         rec.worker = handle
         if handle.pidfd is not None:
             self.watch_pidfd(rec, handle)
-        self.poller.register(handle.sock, zmq.POLLIN)
+        self.poller.register(handle.sock, zmq.POLLIN, lazy=True)
+        handle.sent = self.poller.touch
         self.socks[handle.sock] = rec
         handle.send("attach", {}, lambda ok, res: ok and self.on_worker_status(handle, res), 5.0)
 

@@ -196,6 +196,9 @@ class WorkerHandle:
         self.pending: dict[str, tuple[Callback, float]] = {}
         self.status: dict = {}
         self.on_status = on_status
+        # a send may consume the socket's ZMQ_FD signal while a reply waits: vmms's poller
+        # watches this socket lazily and must hear of each send (hypervisor/runtime/event_poller.py)
+        self.sent: Callable[[zmq.Socket], None] | None = None
         if pid is not None:
             try:
                 self.set_pid(pid)
@@ -216,6 +219,8 @@ class WorkerHandle:
         req_id = f"w{next(_ids)}"
         self.pending[req_id] = (callback, time.monotonic() + timeout)
         self.sock.send_multipart(wire.request_frames(req_id, op, args, int(timeout * 1000)), zmq.NOBLOCK)
+        if self.sent is not None:
+            self.sent(self.sock)
 
     def on_readable(self) -> None:
         while True:
