@@ -73,7 +73,8 @@ DEMAND_WINDOW = 3       # periods of history behind the idle estimate
 IDLE_BURST = 0.01       # CPU-s per VP an uncapped partition may overrun when uncontended
 CONTENDED_FRACTION = 0.9  # partitions' use + outside load >= this × host CPUs: contended
 _EPS = 1e-9             # CPU-seconds; float noise, not time
-TICK_DUTY = 0.25        # the ticks themselves may use at most this share of one CPU
+TICK_DUTY = 0.25        # the ticks themselves may use at most this share of one CPU ...
+SHARES_TICK_DUTY = 0.1  # ... or this, while no partition is capped or reserved (tick_duty())
 
 
 @dataclass
@@ -95,6 +96,10 @@ def paced_wakeup(next_wakeup: float, tick_end: float, tick_cpu: float,
     contended after a burst of starts, 77 ticks/s of 6.7 ms). Paced, enforcement coarsens
     instead: what a partition overruns between two ticks is measured and repaid as debt."""
     return max(next_wakeup, tick_end + tick_cpu * (1.0 - duty) / duty)
+
+
+def _has_limits(settings: ProcessorSettings) -> bool:
+    return settings.maximum < 100 or settings.reserve > 0
 
 
 class Demand(NamedTuple):
@@ -213,6 +218,7 @@ class CpuScheduler:
         self._now = float("-inf")
         self._dirty = False                 # demand changed: recompute rates at the next tick
         self._contended = False             # partitions' real demand (no headroom) > host CPUs
+        self._limited = 0                   # partitions with a cap or a reserve (tick_duty())
 
     # -- admission -------------------------------------------------------------------------
     def _reserved(self, exclude: str | None = None) -> float:
@@ -255,6 +261,7 @@ class CpuScheduler:
         elif now >= self._end - _EPS:
             self._close_period(now)  # others' unmeasured use lands in the next period
         self._parts[pid] = _Partition(settings, now, usage, self.history_periods)
+        self._limited += _has_limits(settings)
         # entitled from the next tick, before which its guest cannot run long: the daemon ticks
         # within a period of a new partition. Recomputing every share at each add made a burst
         # of N starts cost O(N²) (issue 16).
@@ -263,6 +270,7 @@ class CpuScheduler:
     def update(self, pid: str, settings: ProcessorSettings) -> None:
         p = self._get(pid)
         self.check_admission(settings, exclude=pid)
+        self._limited += _has_limits(settings) - _has_limits(p.settings)
         p.settings = settings
         self._dirty = True
 
@@ -270,9 +278,18 @@ class CpuScheduler:
         return self._get(pid).settings
 
     def remove(self, pid: str) -> None:
-        self._get(pid)
+        self._limited -= _has_limits(self._get(pid).settings)
         del self._parts[pid]
         self._dirty = True
+
+    def tick_duty(self) -> float:
+        """The share of one CPU the ticks may use (`paced_wakeup`). A cap or a reserve is a
+        limit a late tick lets a partition overrun, so with one the ticks may cost more; with
+        none they only split a contended host by weight, where what a partition overran is
+        repaid as debt at the next tick anyway. With hundreds of partitions a tick costs
+        milliseconds, so this bounds what the scheduler costs while a burst of starts
+        contends the host (issue 16)."""
+        return TICK_DUTY if self._limited else SHARES_TICK_DUTY
 
     def set_paused(self, pid: str, paused: bool) -> None:
         p = self._get(pid)

@@ -364,7 +364,8 @@ class Hypervisor:
         for pid in result.cont:
             process_tree.continue_pids(self._members(pid))
         self._wakeup = max(result.next_wakeup, now + QUIET_TICK) if result.quiet else result.next_wakeup
-        self._wakeup = paced_wakeup(self._wakeup, time.monotonic(), time.thread_time() - cpu0)
+        self._wakeup = paced_wakeup(self._wakeup, time.monotonic(), time.thread_time() - cpu0,
+                                    self.cpu.tick_duty())
         self._quiet = result.quiet
         return self._wakeup
 

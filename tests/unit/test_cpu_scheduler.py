@@ -12,8 +12,8 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hypervisor.cpu_scheduler import (CpuScheduler, Demand, ProcessorSettings, TickResult,
-                                      allocate, paced_wakeup)
+from hypervisor.cpu_scheduler import (SHARES_TICK_DUTY, TICK_DUTY, CpuScheduler, Demand,
+                                      ProcessorSettings, TickResult, allocate, paced_wakeup)
 from hypervisor.runtime.errors import HvError
 
 PERIOD = 0.1
@@ -552,3 +552,36 @@ def test_paced_wakeup_spaces_costly_ticks_and_leaves_cheap_ones_alone():
     assert paced_wakeup(10.001, 10.0, 0.0067, duty=0.25) == pytest.approx(10.0201)
     # a few partitions: a 0.2 ms tick keeps the scheduler's own 5 ms deadline
     assert paced_wakeup(10.005, 10.0, 0.0002, duty=0.25) == 10.005
+
+
+_SETTINGS = st.builds(lambda reserve, maximum: ProcessorSettings(count=1, reserve=min(reserve, maximum),
+                                                                 maximum=maximum),
+                      st.sampled_from([0, 0, 5]), st.sampled_from([100, 100, 40]))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["add", "update", "remove"]), st.integers(0, 5), _SETTINGS),
+                max_size=40))
+def test_tick_duty_is_the_limits_duty_exactly_while_a_partition_has_a_cap_or_reserve(ops):
+    sched = CpuScheduler(64, PERIOD, MIN_TICK)
+    now = 0.0
+    for op, n, s in ops:
+        pid, now = f"p{n}", now + 0.01
+        try:
+            {"add": lambda: sched.add(pid, s, now), "update": lambda: sched.update(pid, s),
+             "remove": lambda: sched.remove(pid)}[op]()
+        except HvError:
+            pass   # already there / not there: nothing changed
+        limited = any(sched.settings(p).maximum < 100 or sched.settings(p).reserve > 0
+                      for p in sched._parts)
+        assert sched.tick_duty() == (TICK_DUTY if limited else SHARES_TICK_DUTY)
+
+
+def test_a_burst_of_uncapped_partitions_paces_ticks_at_the_shares_duty():
+    sched = CpuScheduler(2, PERIOD, MIN_TICK)
+    for i in range(200):
+        sched.add(f"p{i}", ProcessorSettings(), 0.0)
+    # a 6 ms tick over 200 partitions that only share the host by weight waits 54 ms: a tenth
+    # of one CPU at most
+    assert paced_wakeup(1.001, 1.0, 0.006, sched.tick_duty()) == pytest.approx(1.054)
+    sched.update("p7", ProcessorSettings(maximum=50))   # a cap to hold: finer ticks again
+    assert paced_wakeup(1.001, 1.0, 0.006, sched.tick_duty()) == pytest.approx(1.018)
