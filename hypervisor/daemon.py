@@ -4,8 +4,9 @@ It governs CPU time and memory and nothing else (DESIGN.md §4): no device I/O e
 except in the monolithic driver model (hypervisor/monolithic_drivers.py), which adds one thread
 per driver loaded into it and maps every partition's RAM, to show what that costs.
 One loop: an epoll poller (runtime/event_poller.py) over the hypercall socket, a signal
-wake-up pipe and a pidfd per partition process (deaths are noticed at once). The loop sleeps until the earlier of the
-next message, the next death, or the moment the scheduler says a CPU budget can run out.
+wake-up pipe and a pidfd per partition process (deaths are noticed at once). The loop sleeps
+until the earlier of the next message, the next death, or the moment the scheduler says a CPU
+budget can run out.
 """
 from __future__ import annotations
 

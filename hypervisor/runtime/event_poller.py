@@ -33,7 +33,10 @@ class EventPoller:
         self._recheck: set[zmq.Socket] = set()      # lazy sockets to read at the next poll
 
     def register(self, what, flags: int = POLLIN, lazy: bool = False) -> None:
-        """Watch `what` (a zmq socket, a descriptor, or an object with fileno()) for input."""
+        """Watch `what` (a zmq socket, a descriptor, or an object with fileno()) for input
+        (POLLIN: all these loops wait for)."""
+        if flags != POLLIN:
+            raise ValueError("EventPoller watches for POLLIN only")
         if isinstance(what, zmq.Socket):
             fd = what.getsockopt(zmq.FD)
             if lazy:
@@ -61,7 +64,7 @@ class EventPoller:
         self._always.pop(what, None)
         self._lazy.discard(what)
         self._recheck.discard(what)
-        if self._what.get(fd) is what:
+        if self._what.get(fd) == what:   # (not `is`: an fd above 256 is a new int each time)
             self._forget_fd(fd)
 
     def _forget_fd(self, fd: int) -> None:

@@ -69,6 +69,25 @@ def test_descriptors_are_reported_while_readable_and_not_after_unregister():
         poller.close()
 
 
+def test_a_high_descriptor_number_is_unregistered_too():
+    """Descriptors above 256 are new int objects at each use (vmms holds hundreds)."""
+    poller = EventPoller()
+    low = os.eventfd(0, os.EFD_NONBLOCK)
+    fd = os.dup2(low, 900 + os.getpid() % 50)
+    try:
+        poller.register(int(str(fd)))
+        os.eventfd_write(fd, 1)
+        assert poller.poll(0) == [(fd, zmq.POLLIN)]
+        poller.unregister(int(str(fd)))
+        assert poller.poll(0) == [] and len(poller) == 0
+        with pytest.raises(ValueError):
+            poller.register(fd, zmq.POLLOUT)
+    finally:
+        os.close(fd)
+        os.close(low)
+        poller.close()
+
+
 def test_a_poll_waits_up_to_its_timeout():
     poller = EventPoller()
     fd = os.eventfd(0, os.EFD_NONBLOCK)
