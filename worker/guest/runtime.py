@@ -44,6 +44,8 @@ from worker.guest_link import GuestLink
 BOOT_TIMEOUT = 30.0
 IDLE_WAIT = 30.0      # s; the longest the loop sleeps with nothing due (heartbeats come sooner)
 BUSY_WAIT = 0.25      # s; while a save quiesces or console input waits for the command's stdin
+CONSOLE_CHUNK = 65536  # bytes of a command's output read (and sent to the worker) at once
+CONSOLE_RETRY = 0.005  # s; while the link has no room for console output, how soon to look again
 PR_SET_TIMERSLACK = 29
 IDLE_SLACK_NS = 50_000_000   # a sleep of IDLE_SLACK_AFTER or more may end up to 50 ms late ...
 IDLE_SLACK_AFTER = 1.0       # ... so the kernel serves many idle guests' timers with one wake-up
@@ -245,6 +247,7 @@ class Guest:
             poll.register(out, "console")
         wait, handlers, monotonic = poll.epoll.poll, poll.handlers, time.monotonic
         wake, housekeeping, reap = 0.0, True, True
+        held = False         # console output waits: the link has no room for it (GuestLink.bulk_room)
         slack = False        # the idle timer slack is set (long sleeps only)
         gc.freeze()   # what boot built lives as long as the guest: no collection walks it again
         while self.running:
@@ -264,6 +267,12 @@ class Guest:
                 if self.memory is not None and not self.saving:
                     self.memory.step(now)
                     wake = now if self.memory.busy() else min(wake, self.memory.next_deadline())
+                if held:
+                    if self.link.bulk_room(CONSOLE_CHUNK):
+                        poll.register(out, "console")
+                        held = False
+                    else:
+                        wake = min(wake, now + CONSOLE_RETRY)
             housekeeping = False     # events of `fast_path` callbacks (network frames) need none
             timeout = max(0.0, wake - monotonic())
             if (timeout >= IDLE_SLACK_AFTER) != slack:
@@ -285,8 +294,13 @@ class Guest:
                     housekeeping = housekeeping or not getattr(handler, "fast_path", False)
                 else:
                     housekeeping = True
+                    if not self.link.bulk_room(CONSOLE_CHUNK):
+                        poll.unregister(out)   # the command waits on its pipe until there is room
+                        held = True
+                        wake = min(wake, monotonic() + CONSOLE_RETRY)
+                        continue
                     try:
-                        data = os.read(out.fileno(), 65536)
+                        data = os.read(out.fileno(), CONSOLE_CHUNK)
                     except BlockingIOError:
                         data = None
                     if data:
